@@ -1,0 +1,97 @@
+"""The SPEC path syntax shared by `--set` and fix patches: `optimizer.lr`, `model.layers.0.init`,
+`model.layers.*.activation`. Paths apply to the raw mapping before validation, so an override is
+checked exactly like a value written in the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import yaml
+
+from nandoctor.errors import ConfigError
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Split `PATH=VALUE`; VALUE is read as a YAML scalar (or flow collection)."""
+    path, sep, raw = text.partition("=")
+    path = path.strip()
+    if not sep or not path:
+        raise ConfigError(f"malformed override '{text}'", hint="write --set PATH=VALUE, e.g. optimizer.lr=0.01")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc.problem})") from None
+    if isinstance(value, str):
+        value = _float_or_str(value)
+    return path, value
+
+
+def _float_or_str(value: str) -> Any:
+    """PyYAML reads `1e-3` as a string (YAML 1.1); users mean a number."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return number if math.isfinite(number) or value.strip().lower() in ("inf", "nan") else value
+
+
+def split_path(path: str) -> list[str]:
+    parts = path.split(".")
+    if any(p == "" for p in parts):
+        raise ConfigError(f"malformed path '{path}'", hint="dotted keys such as model.layers.0.units")
+    return parts
+
+
+def apply(raw: dict, path: str, value: Any) -> dict:
+    """A copy of `raw` with `value` written at `path`; missing mappings are created on the way."""
+    out = copy.deepcopy(raw)
+    _write(out, split_path(path), value, path, [])
+    return out
+
+
+def apply_all(raw: dict, assignments: dict[str, Any] | list[tuple[str, Any]]) -> dict:
+    items = assignments.items() if isinstance(assignments, dict) else assignments
+    for path, value in items:
+        raw = apply(raw, path, value)
+    return raw
+
+
+def _write(node: Any, parts: list[str], value: Any, full: str, seen: list[str]) -> Any:
+    """Write into `node` (a dict or list) and return it; a string node is expanded from its shorthand."""
+    key, rest = parts[0], parts[1:]
+    where = ".".join(seen) or "<top>"
+    if isinstance(node, list):
+        indexes = range(len(node)) if key == "*" else [_index(key, len(node), full, where)]
+        for i in indexes:
+            node[i] = _descend(node[i], rest, value, full, [*seen, str(i)])
+        return node
+    if not isinstance(node, dict):
+        raise ConfigError(f"path '{full}': '{where}' is not a mapping or list", path=where)
+    if key == "*":
+        raise ConfigError(f"path '{full}': '*' only selects list items", path=where)
+    node[key] = _descend(node.get(key), rest, value, full, [*seen, key])
+    return node
+
+
+def _descend(child: Any, rest: list[str], value: Any, full: str, seen: list[str]) -> Any:
+    if not rest:
+        return value
+    if child is None:
+        child = {}
+    elif isinstance(child, str):
+        child = {"name": child}  # `loss: mse` then `loss.stable=false`
+    return _write(child, rest, value, full, seen)
+
+
+def _index(key: str, length: int, full: str, where: str) -> int:
+    try:
+        i = int(key)
+    except ValueError:
+        raise ConfigError(f"path '{full}': '{where}' is a list, '{key}' is not an index or '*'",
+                          path=where) from None
+    if not -length <= i < length:
+        raise ConfigError(f"path '{full}': index {i} out of range, '{where}' has {length} items", path=where)
+    return i
