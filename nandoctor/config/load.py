@@ -16,7 +16,7 @@ import yaml
 
 from nandoctor import names
 from nandoctor.config import paths
-from nandoctor.config.schema import Config, DataConfig, InitSpec, LayerConfig, OptimizerConfig
+from nandoctor.config.schema import Config, DataConfig, InitSpec, OptimizerConfig
 from nandoctor.errors import ConfigError, did_you_mean
 
 GENERATOR_NOISE = {"spirals": 0.2, "checkerboard": 0.0, "blobs": 1.0}

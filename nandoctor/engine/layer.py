@@ -1,0 +1,137 @@
+"""One config layer: z = x W + b, optional batch norm on z, a = activation(z), optional dropout on a.
+
+Parameters are views into the model's flat buffers, so the optimizer and the telemetry see them as
+one array while the layer sees (fan_in, fan_out) matrices. Every intermediate lives in a buffer
+set per batch size and stays readable after the step (x, lin, z, a, out, dout, dz), which is what
+telemetry reads instead of recomputing.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from nandoctor.engine.activations import Activation
+
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+MAX_BUFFER_SETS = 4
+
+
+class Dense:
+    def __init__(self, index: int, fan_in: int, fan_out: int, activation: Activation, *,
+                 batch_norm: bool, dropout: float, dtype, rng: np.random.Generator):
+        self.index, self.fan_in, self.fan_out = index, fan_in, fan_out
+        self.act, self.batch_norm, self.dropout = activation, batch_norm, dropout
+        self.dtype, self.rng = np.dtype(dtype), rng
+        self.running_mean = np.zeros(fan_out, dtype) if batch_norm else None
+        self.running_var = np.ones(fan_out, dtype) if batch_norm else None
+        self._sets: dict[tuple[int, bool], SimpleNamespace] = {}
+        self.buf: SimpleNamespace | None = None
+
+    def __repr__(self) -> str:
+        extra = (", batch_norm" if self.batch_norm else "") + (f", dropout={self.dropout}" if self.dropout else "")
+        return f"Dense({self.fan_in}->{self.fan_out}, {self.act.name}{extra})"
+
+    def param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        shapes = [("W", (self.fan_in, self.fan_out)), ("b", (self.fan_out,))]
+        if self.batch_norm:
+            shapes += [("gamma", (self.fan_out,)), ("beta", (self.fan_out,))]
+        return shapes
+
+    def bind(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        self.W, self.b, self.gamma, self.beta = (params.get(k) for k in ("W", "b", "gamma", "beta"))
+        self.dW, self.db, self.dgamma, self.dbeta = (grads.get(k) for k in ("W", "b", "gamma", "beta"))
+
+    def _buffers(self, batch: int, train: bool) -> SimpleNamespace:
+        key = (batch, train)
+        s = self._sets.get(key)
+        if s is None:
+            if len(self._sets) >= MAX_BUFFER_SETS:
+                self._sets.clear()
+            shape, dt = (batch, self.fan_out), self.dtype
+            s = SimpleNamespace(lin=np.empty(shape, dt))
+            s.z = np.empty(shape, dt) if self.batch_norm else s.lin
+            s.a = np.empty(shape, dt)
+            s.drop = self.dropout > 0 and train
+            s.out = np.empty(shape, dt) if s.drop else s.a
+            s.mask = np.empty(shape, dt) if s.drop else None
+            if train:
+                s.dz = np.empty(shape, dt)
+                s.da = np.empty(shape, dt) if s.drop else None
+                s.dlin = np.empty(shape, dt) if self.batch_norm else s.dz
+                s.dx = np.empty((batch, self.fan_in), dt) if self.index > 0 else None
+            self._sets[key] = s
+        return s
+
+    def forward(self, x: np.ndarray, train: bool, skip_activation: bool = False) -> np.ndarray:
+        """x: (batch, fan_in) -> out: (batch, fan_out). With skip_activation the loss fills `a`."""
+        s = self.buf = self._buffers(x.shape[0], train)
+        s.x = x
+        np.matmul(x, self.W, out=s.lin)
+        s.lin += self.b
+        if self.batch_norm:
+            self._bn_forward(s, train)
+        if skip_activation:
+            return s.a
+        s.a = self.act.forward(s.z, s.a)
+        if s.drop:
+            self._dropout_forward(s)
+        else:
+            s.out = s.a
+        return s.out
+
+    def _dropout_forward(self, s: SimpleNamespace) -> None:
+        """Inverted dropout: keep with probability 1 - p and scale by 1/(1 - p), so eval is identity."""
+        keep = 1.0 - self.dropout
+        if self.dtype == np.float16:
+            s.mask[...] = self.rng.random(s.mask.shape, dtype=np.float32) < keep
+        else:
+            self.rng.random(out=s.mask, dtype=self.dtype)
+            np.less(s.mask, keep, out=s.mask)
+        s.mask *= self.dtype.type(1.0 / keep)
+        np.multiply(s.a, s.mask, out=s.out)
+
+    def _bn_forward(self, s: SimpleNamespace, train: bool) -> None:
+        if train:
+            mu = s.lin.mean(axis=0)
+            var = s.lin.var(axis=0)
+            n = s.lin.shape[0]
+            m = BN_MOMENTUM
+            self.running_mean *= 1 - m
+            self.running_mean += m * mu
+            self.running_var *= 1 - m
+            self.running_var += m * var * (n / max(n - 1, 1))
+        else:
+            mu, var = self.running_mean, self.running_var
+        s.inv_std = 1.0 / np.sqrt(var + BN_EPS)
+        s.xhat = (s.lin - mu) * s.inv_std
+        np.multiply(s.xhat, self.gamma, out=s.z)
+        s.z += self.beta
+
+    def backward(self, dout: np.ndarray | None, dz: np.ndarray | None = None) -> np.ndarray | None:
+        """dout: dL/d(out) (batch, fan_out); or dz given directly by a fused loss.
+        Fills dW = x^T dlin, db = sum dlin, returns dx = dlin W^T (None for the first layer)."""
+        s = self.buf
+        s.dout = dout
+        if dz is None:
+            da = np.multiply(dout, s.mask, out=s.da) if s.drop else dout
+            dz = self.act.backward(da, s.z, s.a, s.dz)
+        s.dz_used = dz
+        dlin = self._bn_backward(s, dz) if self.batch_norm else dz
+        np.matmul(s.x.T, dlin, out=self.dW)
+        np.sum(dlin, axis=0, out=self.db)
+        if s.dx is None:
+            return None
+        return np.matmul(dlin, self.W.T, out=s.dx)
+
+    def _bn_backward(self, s: SimpleNamespace, dz: np.ndarray) -> np.ndarray:
+        """dlin = inv_std / n (n dxhat - sum dxhat - xhat sum(dxhat xhat)), dxhat = dz gamma."""
+        n = dz.shape[0]
+        np.sum(dz, axis=0, out=self.dbeta)
+        np.sum(dz * s.xhat, axis=0, out=self.dgamma)
+        dxhat = dz * self.gamma
+        t = n * dxhat - dxhat.sum(axis=0) - s.xhat * (dxhat * s.xhat).sum(axis=0)
+        np.multiply(t, s.inv_std / n, out=s.dlin)
+        return s.dlin

@@ -1,0 +1,207 @@
+"""Losses: value and gradient together, written for speed (fused where the SPEC allows).
+
+`forward(z, a, y) -> float` takes the output layer's pre-activation z and activation a, both
+(batch, units), and targets y prepared by `prepare_targets`. `backward()` then returns
+(grad, wrt) where wrt is "z" when the gradient already includes the output activation's derivative
+(the fused stable pairs) and "a" when the model must still backpropagate through the activation.
+Per-sample loss is the mean over output units (cross-entropy: the class log-likelihood); the
+reduction then averages or sums over the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nandoctor.config.schema import LossConfig
+
+P_CLIP = 1e-7
+
+
+class Loss:
+    name = "?"
+
+    def __init__(self, cfg: LossConfig, activation: str):
+        self.stable = cfg.stable
+        self.sum = cfg.reduction == "sum"
+        self.activation = activation
+
+    def scale(self, batch: int, units: int = 1) -> float:
+        """Factor turning summed per-element losses into the reduced loss."""
+        return 1.0 / units if self.sum else 1.0 / (batch * units)
+
+    @property
+    def fused(self) -> bool:
+        """True when forward computes the output activation itself (from logits)."""
+        return False
+
+
+class CrossEntropy(Loss):
+    """-log p[label]. Stable + softmax: log-softmax from logits, dz = (p - onehot) * scale.
+    Textbook (stable: false): p = exp(z)/sum exp(z) with no max shift, -log p[label] unclipped."""
+
+    name = "cross_entropy"
+
+    @property
+    def fused(self) -> bool:
+        return self.activation == "softmax"
+
+    def forward(self, z, a, y):
+        b = z.shape[0]
+        rows = np.arange(b)
+        self.y, self.rows, self.a = y, rows, a
+        self.k = self.scale(b)
+        valid = y < z.shape[1]
+        yy = np.where(valid, y, 0) if not valid.all() else y
+        if self.fused and self.stable:
+            np.subtract(z, z.max(axis=1, keepdims=True), out=a)
+            picked = a[rows, yy]
+            np.exp(a, out=a)
+            s = a.sum(axis=1)
+            a /= s[:, None]
+            per = np.log(s) - picked
+        else:
+            if self.fused:  # textbook softmax: overflow in exp(z) really happens
+                np.exp(z, out=a)
+                a /= a.sum(axis=1, keepdims=True)
+            p = a[rows, yy]
+            if self.stable:
+                p = np.clip(p, P_CLIP, 1 - P_CLIP)
+            per = -np.log(p)
+            self.p = p
+        if not valid.all():  # labels the output cannot represent: probability 0
+            per = np.where(valid, per, np.inf).astype(z.dtype)
+        self.valid, self.yy = valid, yy
+        return float(per.sum(dtype=z.dtype) * z.dtype.type(self.k))
+
+    def backward(self, out):
+        if self.fused:
+            np.multiply(self.a, self.k, out=out)
+            out[self.rows, self.yy] -= self.k * self.valid
+            return out, "z"
+        out.fill(0)
+        g = -self.k / self.p
+        if self.stable:  # the clip has zero gradient outside its range
+            g = np.where((self.p > P_CLIP) & (self.p < 1 - P_CLIP), g, 0)
+        out[self.rows, self.yy] = g * self.valid
+        return out, "a"
+
+
+class BinaryCrossEntropy(Loss):
+    """-(y log p + (1 - y) log(1 - p)), mean over units. Stable + sigmoid: from logits,
+    max(z, 0) - z y + log(1 + exp(-|z|)), dz = (sigmoid(z) - y) * scale. Textbook: the formula on
+    p = 1/(1 + exp(-z)) and its chain rule, so p == 1 gives log(0) and 0 * inf."""
+
+    name = "binary_cross_entropy"
+
+    @property
+    def fused(self) -> bool:
+        return self.activation == "sigmoid" and self.stable
+
+    def forward(self, z, a, y):
+        self.y, self.a = y, a
+        self.k = self.scale(*z.shape)
+        if self.fused:
+            per = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+            np.negative(z, out=a)
+            np.exp(a, out=a)
+            a += 1
+            np.reciprocal(a, out=a)
+            return float(per.sum(dtype=z.dtype) * z.dtype.type(self.k))
+        p = np.clip(a, P_CLIP, 1 - P_CLIP) if self.stable else a
+        self.p = p
+        per = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+        return float(per.sum(dtype=z.dtype) * z.dtype.type(self.k))
+
+    def backward(self, out):
+        if self.fused:
+            np.subtract(self.a, self.y, out=out)
+            out *= self.k
+            return out, "z"
+        p, y = self.p, self.y
+        g = -(y / p - (1 - y) / (1 - p)) * self.k
+        if self.stable:
+            g = np.where((self.a > P_CLIP) & (self.a < 1 - P_CLIP), g, 0)
+        np.copyto(out, g)
+        return out, "a"
+
+
+class ElementwiseLoss(Loss):
+    """Losses of the difference d = a - y: the per-element value and derivative."""
+
+    def forward(self, z, a, y):
+        self.k = self.scale(*a.shape)
+        self.d = np.subtract(a, y, out=self._buf(a))
+        return float(self.value(self.d).sum(dtype=a.dtype) * a.dtype.type(self.k))
+
+    def _buf(self, a):
+        buf = getattr(self, "_d", None)
+        if buf is None or buf.shape != a.shape or buf.dtype != a.dtype:
+            buf = self._d = np.empty_like(a)
+        return buf
+
+    def backward(self, out):
+        self.derivative(self.d, out)
+        out *= self.k
+        return out, "a"
+
+
+class MSE(ElementwiseLoss):
+    """d^2; derivative 2 d."""
+
+    name = "mse"
+
+    def value(self, d):
+        return d * d
+
+    def derivative(self, d, out):
+        np.multiply(d, 2, out=out)
+
+
+class MAE(ElementwiseLoss):
+    """|d|; derivative sign(d)."""
+
+    name = "mae"
+
+    def value(self, d):
+        return np.abs(d)
+
+    def derivative(self, d, out):
+        np.sign(d, out=out)
+
+
+class Huber(ElementwiseLoss):
+    """delta 1: d^2/2 where |d| <= 1, else |d| - 1/2; derivative clip(d, -1, 1)."""
+
+    name = "huber"
+
+    def value(self, d):
+        ad = np.abs(d)
+        return np.where(ad <= 1, 0.5 * d * d, ad - 0.5)
+
+    def derivative(self, d, out):
+        np.clip(d, -1, 1, out=out)
+
+
+LOSSES: dict[str, type[Loss]] = {cls.name: cls for cls in (CrossEntropy, BinaryCrossEntropy, MSE, MAE, Huber)}
+
+
+def make_loss(cfg: LossConfig, output_activation: str) -> Loss:
+    return LOSSES[cfg.name](cfg, output_activation)
+
+
+def prepare_targets(y: np.ndarray, loss: str, task: str, units: int, dtype) -> np.ndarray:
+    """Targets in the form the loss reads: int labels for cross-entropy; otherwise a float
+    (n, units)-compatible array (one-hot when a classification output has several units)."""
+    if loss == "cross_entropy":
+        if task != "classification":
+            return np.rint(np.asarray(y, dtype=np.float64).reshape(len(y), -1)[:, 0]).astype(np.int64)
+        return np.asarray(y, dtype=np.int64)
+    if task == "classification":
+        y = np.asarray(y, dtype=np.int64)
+        if units > 1:
+            onehot = np.zeros((len(y), units), dtype=dtype)
+            inside = y < units
+            onehot[np.arange(len(y))[inside], y[inside]] = 1
+            return onehot
+        return y.reshape(-1, 1).astype(dtype)
+    return np.asarray(y, dtype=dtype).reshape(len(y), -1)

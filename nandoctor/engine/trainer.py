@@ -1,0 +1,255 @@
+"""The training loop: batches, the step, per-epoch evaluation, and the cheap per-step health checks.
+
+Each step runs forward -> loss -> backward -> global gradient norm -> clip -> update (computed
+into a buffer) -> apply. Finiteness is checked on scalars the step needs anyway (the loss and
+three dot products), so checks cost O(parameters) per step; only when one fires does `locate`
+scan the step's buffers, before the weights are touched, to name the producer of the first
+non-finite value.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from nandoctor.config.schema import Config
+from nandoctor.engine.locate import locate
+from nandoctor.engine.losses import make_loss, prepare_targets
+from nandoctor.engine.model import MLP
+from nandoctor.engine.optimizers import clip, make_optimizer
+from nandoctor.engine.schedules import make_schedule
+from nandoctor.seeding import stream
+
+if TYPE_CHECKING:
+    from nandoctor.data import Dataset
+
+
+class Observer(Protocol):
+    """What telemetry implements; every hook receives the trainer so it can read any buffer."""
+
+    def start(self, trainer: Trainer) -> None: ...
+    def wants_stats(self, step: int) -> bool: ...
+    def step(self, trainer: Trainer, info: StepInfo) -> None: ...
+    def epoch(self, trainer: Trainer, record: dict) -> None: ...
+    def nonfinite(self, trainer: Trainer, event: dict) -> None: ...
+    def end(self, trainer: Trainer, status: str) -> None: ...
+
+
+@dataclass
+class StepInfo:
+    step: int
+    epoch: int
+    loss: float
+    lr: float
+    grad_norm: float
+    status: str = "ok"  # ok | nonfinite
+    batch: np.ndarray | None = None  # row indexes of the batch
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed | diverged | interrupted
+    steps: int
+    first_nonfinite: dict | None
+    epochs: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def sqnorm(x: np.ndarray) -> float:
+    """Squared L2 norm with a float64 result; float16 is accumulated in float32 so the norm itself
+    does not overflow where the values do not."""
+    if x.dtype == np.float16:
+        x = x.astype(np.float32)
+    return float(np.dot(x, x))
+
+
+def _finite_sqnorm(x: np.ndarray) -> tuple[float, bool]:
+    """(squared norm, all finite); a norm that overflows from finite huge values stays finite-flagged."""
+    n2 = sqnorm(x)
+    if math.isfinite(n2):
+        return n2, True
+    if np.isfinite(x).all():
+        big = float(np.abs(x).max())
+        return float(np.sum((x.astype(np.float64) / big) ** 2)) * big * big, True
+    return n2, False
+
+
+class Trainer:
+    def __init__(self, cfg: Config, data: Dataset, observer: Observer | None = None):
+        self.cfg, self.data, self.observer = cfg, data, observer
+        t = cfg.training
+        self.dtype = np.dtype(t.dtype)
+        with np.errstate(all="ignore"):  # float16 casts of huge raw data overflow by design
+            self.X = data.X_train.astype(self.dtype)
+            self.Xv = data.X_val.astype(self.dtype)
+        layers = cfg.model.layers
+        self.units = layers[-1].units
+        self.Y = prepare_targets(data.y_train, cfg.loss.name, data.task, self.units, self.dtype)
+        self.Yv = prepare_targets(data.y_val, cfg.loss.name, data.task, self.units, self.dtype)
+        self.model = MLP(self.X.shape[1], layers, dtype=self.dtype, seed=cfg.seed)
+        self.loss = make_loss(cfg.loss, layers[-1].activation)
+        self.optimizer = make_optimizer(cfg.optimizer, self.model.params)
+        n = len(self.X)
+        self.batch_size = n if t.batch_size == "full" else min(int(t.batch_size), max(n, 1))
+        self.steps_per_epoch = max(1, math.ceil(n / self.batch_size))
+        total = t.epochs * self.steps_per_epoch
+        self.total_steps = min(total, t.max_steps) if t.max_steps else total
+        self.schedule = make_schedule(cfg.schedule, cfg.optimizer.lr, t.epochs, self.total_steps)
+        self.update = np.zeros_like(self.model.params)
+        self._grad_bufs: dict[int, np.ndarray] = {}
+        self.shuffle_rng = stream(cfg.seed, "shuffle")
+        self.step_no = 0
+        self.first_nonfinite: dict | None = None
+        self.nonfinite_steps = 0
+        self.last_loss = math.nan
+
+    # ---- one step -------------------------------------------------------------------------
+    def _grad_buf(self, batch: int) -> np.ndarray:
+        buf = self._grad_bufs.get(batch)
+        if buf is None:
+            buf = self._grad_bufs[batch] = np.empty((batch, self.units), self.dtype)
+        return buf
+
+    def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple[float, float, str | None]:
+        """One step on a batch; returns (loss, grad norm, phase of the first failed check or None).
+        On a failed check before the update the parameters are left untouched."""
+        model, loss = self.model, self.loss
+        model.forward(xb, train=True, fused_output=loss.fused)
+        out = model.layers[-1].buf
+        value = loss.forward(out.z, out.a, yb)
+        if not math.isfinite(value) and self.cfg.training.stop_on_nonfinite:
+            return value, math.nan, "loss"
+        grad, wrt = loss.backward(self._grad_buf(len(xb)))
+        model.backward(grad, wrt)
+        g2, ok = _finite_sqnorm(model.grads)
+        if not ok and self.cfg.training.stop_on_nonfinite:
+            return value, math.nan, "backward"
+        gnorm = clip(model.grads, self.cfg.optimizer, math.sqrt(g2))
+        upd = self.optimizer.compute(model.grads, lr, self.update)
+        failed = None if math.isfinite(value) else "loss"
+        failed = failed or (None if ok else "backward")
+        if not _finite_sqnorm(upd)[1]:
+            failed = failed or "update"
+            if self.cfg.training.stop_on_nonfinite:
+                return value, gnorm, failed
+        model.params += upd
+        if failed is None and not _finite_sqnorm(model.params)[1]:
+            failed = "update"
+        return value, gnorm, failed
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        obs = self.observer
+        t0 = time.perf_counter()
+        status, epochs = "completed", []
+        self.first_nonfinite = self._check_data()
+        if obs:
+            obs.start(self)
+            if self.first_nonfinite:
+                obs.nonfinite(self, self.first_nonfinite)
+        try:
+            with np.errstate(all="ignore"):
+                status = self._loop(epochs)
+        except KeyboardInterrupt:
+            status = "interrupted"
+        result = TrainResult(status, self.step_no, self.first_nonfinite, epochs, time.perf_counter() - t0)
+        if obs:
+            obs.end(self, status)
+        return result
+
+    def _loop(self, epochs: list[dict]) -> str:
+        t, obs = self.cfg.training, self.observer
+        n = len(self.X)
+        for epoch in range(t.epochs):
+            order = self.shuffle_rng.permutation(n) if t.shuffle else np.arange(n)
+            losses, diverged = [], False
+            for start in range(0, n, self.batch_size):
+                if self.step_no >= self.total_steps:
+                    break
+                idx = order[start:start + self.batch_size]
+                self.step_no += 1
+                lr = self.schedule.lr(self.step_no, epoch)
+                value, gnorm, failed = self.train_step(self.X[idx], self.Y[idx], lr)
+                self.last_loss = value
+                losses.append(value)
+                info = StepInfo(self.step_no, epoch + 1, value, lr, gnorm, "ok" if failed is None else "nonfinite",
+                                idx)
+                self.nonfinite_steps += failed is not None
+                if failed is not None and self.first_nonfinite is None:
+                    event = locate(self.model, self.cfg.loss.name, self.cfg.loss.stable, failed, self.update)
+                    self.first_nonfinite = {"step": self.step_no, "epoch": epoch + 1, **event}
+                    if obs:
+                        obs.nonfinite(self, self.first_nonfinite)
+                if obs:
+                    obs.step(self, info)
+                if failed is not None and t.stop_on_nonfinite:
+                    diverged = True
+                    break
+            epochs.append(self._epoch_record(epoch + 1, losses))
+            if obs:
+                obs.epoch(self, epochs[-1])
+            if diverged:
+                return "diverged"
+            self.schedule.end_epoch(float(np.mean(losses)) if losses else math.nan)
+            if self.step_no >= self.total_steps:
+                break
+        return "diverged" if self.nonfinite_steps else "completed"
+
+    def _check_data(self) -> dict | None:
+        """Step 0: non-finite inputs or targets are the first non-finite event, in phase `data`."""
+        parts = []
+        d = self.data
+        for split, X, y, cast in (("train", d.X_train, d.y_train, self.X), ("validation", d.X_val, d.y_val, self.Xv)):
+            bad_x = ~np.isfinite(X)
+            overflow = int((~np.isfinite(cast)).sum() - bad_x.sum())
+            if overflow:
+                parts.append(f"{overflow} input values overflow when cast to {self.dtype} in the {split} split "
+                             f"(|x| max {float(np.abs(X[np.isfinite(X)]).max()):.4g}, "
+                             f"{self.dtype} max {np.finfo(self.dtype).max:.4g})")
+            if bad_x.any():
+                cols = np.flatnonzero(bad_x.any(axis=0))
+                names = [d.feature_names[c] if c < len(d.feature_names) else str(c) for c in cols]
+                shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+                parts.append(f"{int(bad_x.sum())} non-finite input values in the {split} split "
+                             f"(features: {shown})")
+            if np.issubdtype(np.asarray(y).dtype, np.floating) and not np.isfinite(y).all():
+                parts.append(f"{int((~np.isfinite(y)).sum())} non-finite targets in the {split} split")
+        if not parts:
+            return None
+        return {"step": 0, "epoch": 0, "phase": "data", "layer": None, "tensor": "input", "role": "producer",
+                "detail": "; ".join(parts), "count": 0, "size": int(self.X.size)}
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def evaluate(self, X: np.ndarray, Y: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+        """(loss, metric) in eval mode; the loss is per sample, times the batch size for `sum`."""
+        if len(X) == 0:
+            return math.nan, math.nan
+        z = self.model.logits(X)
+        a = self.model.predict(X)
+        loss = self.loss.__class__(self.cfg.loss, self.cfg.model.layers[-1].activation)
+        value = loss.forward(z, a.copy(), Y)
+        if self.cfg.loss.reduction == "sum":
+            value *= self.batch_size / len(X)
+        return value, self.metric(a, Y, labels)
+
+    def metric(self, a: np.ndarray, Y: np.ndarray, labels: np.ndarray) -> float:
+        """Accuracy for classification, R^2 for regression."""
+        a = a.astype(np.float64)
+        if self.data.task == "classification":
+            pred = a.argmax(axis=1) if a.shape[1] > 1 else (a[:, 0] > 0.5).astype(np.int64)
+            return float(np.mean(pred == labels))
+        y = Y.astype(np.float64)
+        ss_tot = float(((y - y.mean(axis=0)) ** 2).sum())
+        ss_res = float(((a - y) ** 2).sum())
+        return 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
+
+    def _epoch_record(self, epoch: int, losses: list[float]) -> dict:
+        train_loss = float(np.mean(losses)) if losses else math.nan
+        _, train_metric = self.evaluate(self.X, self.Y, self.data.y_train)
+        val_loss, val_metric = self.evaluate(self.Xv, self.Yv, self.data.y_val)
+        return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                "train_metric": train_metric, "val_metric": val_metric}
