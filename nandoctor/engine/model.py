@@ -76,15 +76,18 @@ class MLP:
         for layer in reversed(self.layers[:-1]):
             dx = layer.backward(dx)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Eval-mode output (running batch-norm statistics, no dropout), in chunks to bound memory."""
-        outs = [self.forward(x[i:i + EVAL_CHUNK], train=False).copy() for i in range(0, len(x), EVAL_CHUNK)]
-        return np.concatenate(outs) if outs else np.empty((0, self.layers[-1].fan_out), self.dtype)
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """Eval-mode pre-activation of the output layer (what the stable losses read)."""
-        outs = []
+    def infer(self, x: np.ndarray, alive: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Eval mode (running batch-norm statistics, no dropout) in chunks to bound memory:
+        (output pre-activation, output activation). `alive`, one bool array per layer, collects
+        which units were non-zero for at least one sample."""
+        zs, outs = [], []
         for i in range(0, len(x), EVAL_CHUNK):
-            self.forward(x[i:i + EVAL_CHUNK], train=False)
-            outs.append(self.layers[-1].buf.z.copy())
-        return np.concatenate(outs) if outs else np.empty((0, self.layers[-1].fan_out), self.dtype)
+            outs.append(self.forward(x[i:i + EVAL_CHUNK], train=False).copy())
+            zs.append(self.layers[-1].buf.z.copy())
+            if alive is not None:
+                for layer, seen in zip(self.layers, alive, strict=True):
+                    seen |= (layer.buf.a != 0).any(axis=0)
+        if not outs:
+            empty = np.empty((0, self.layers[-1].fan_out), self.dtype)
+            return empty, empty
+        return np.concatenate(zs), np.concatenate(outs)

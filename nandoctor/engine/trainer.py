@@ -32,7 +32,6 @@ class Observer(Protocol):
     """What telemetry implements; every hook receives the trainer so it can read any buffer."""
 
     def start(self, trainer: Trainer) -> None: ...
-    def wants_stats(self, step: int) -> bool: ...
     def step(self, trainer: Trainer, info: StepInfo) -> None: ...
     def epoch(self, trainer: Trainer, record: dict) -> None: ...
     def nonfinite(self, trainer: Trainer, event: dict) -> None: ...
@@ -105,6 +104,7 @@ class Trainer:
         self.step_no = 0
         self.first_nonfinite: dict | None = None
         self.nonfinite_steps = 0
+        self.dead_units: list[tuple[int, int, int]] = []  # (layer, units dead on the training set, units)
         self.last_loss = math.nan
 
     # ---- one step -------------------------------------------------------------------------
@@ -224,12 +224,12 @@ class Trainer:
                 "detail": "; ".join(parts), "count": 0, "size": int(self.X.size)}
 
     # ---- evaluation -------------------------------------------------------------------------
-    def evaluate(self, X: np.ndarray, Y: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    def evaluate(self, X: np.ndarray, Y: np.ndarray, labels: np.ndarray,
+                 alive: list[np.ndarray] | None = None) -> tuple[float, float]:
         """(loss, metric) in eval mode; the loss is per sample, times the batch size for `sum`."""
         if len(X) == 0:
             return math.nan, math.nan
-        z = self.model.logits(X)
-        a = self.model.predict(X)
+        z, a = self.model.infer(X, alive)
         loss = self.loss.__class__(self.cfg.loss, self.cfg.model.layers[-1].activation)
         value = loss.forward(z, a.copy(), Y)
         if self.cfg.loss.reduction == "sum":
@@ -249,7 +249,10 @@ class Trainer:
 
     def _epoch_record(self, epoch: int, losses: list[float]) -> dict:
         train_loss = float(np.mean(losses)) if losses else math.nan
-        _, train_metric = self.evaluate(self.X, self.Y, self.data.y_train)
+        alive = [np.zeros(layer.fan_out, bool) for layer in self.model.layers]
+        _, train_metric = self.evaluate(self.X, self.Y, self.data.y_train, alive)
+        self.dead_units = [(layer.index, int((~seen).sum()), layer.fan_out)
+                           for layer, seen in zip(self.model.layers[:-1], alive, strict=False)]
         val_loss, val_metric = self.evaluate(self.Xv, self.Yv, self.data.y_val)
         return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                 "train_metric": train_metric, "val_metric": val_metric}

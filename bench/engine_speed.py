@@ -1,0 +1,86 @@
+"""Engine speed: float32 training steps/s of nandoctor's bare step against the equivalent PyTorch CPU loop.
+
+For each shape both loops (and, for the wide net, a bare numpy GEMM of the same size class) are timed
+in the same process in interleaved blocks, so machine noise hits them alike; each column is the median
+over the blocks, with the blocks' spread ((max - min) / median) beside it. The nandoctor step is
+`Trainer.train_step` (forward, loss, backward, global grad norm, finiteness checks, SGD update) on
+pre-made batches; torch's is zero_grad, forward, F.cross_entropy, backward, SGD step.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rich.table import Table
+
+from bench._util import SHAPES, Timer, blas_summary, fmt_rate, gemm_step, interleave, nandoctor_step, torch_step
+from bench._util import torch_module as _torch
+
+BLOCK_S = 0.4  # seconds per timed block
+BLOCKS = 7  # blocks per loop
+QUICK_BLOCK_S, QUICK_BLOCKS = 0.12, 3
+
+
+def run(quick: bool) -> Table:
+    block_s, blocks = (QUICK_BLOCK_S, QUICK_BLOCKS) if quick else (BLOCK_S, BLOCKS)
+    blas, threads = blas_summary()
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+        torch_note = (f"torch {torch.__version__}: {torch.get_num_threads()} threads "
+                      f"(set to NumPy's BLAS count; os.cpu_count() = {os.cpu_count()})")
+    else:
+        torch_note = "torch not importable: torch columns skipped"
+
+    table = Table(title="Engine training speed (float32, ReLU MLP, softmax + cross-entropy, SGD lr 0.01)",
+                  title_justify="left")
+    for col in ("shape", "batch", "nandoctor steps/s", "torch steps/s", "ratio", "target"):
+        table.add_column(col, justify="left" if col == "shape" else "right")
+    table.add_column("% GEMM rate (target)", justify="right")
+
+    gemm_gflops = None
+    for shape in SHAPES:
+        ours = Timer(nandoctor_step(shape), block_s)
+        timers = [ours]
+        tstep = torch_step(shape, threads)
+        theirs = Timer(tstep, block_s) if tstep is not None else None
+        if theirs:
+            timers.append(theirs)
+        gemm = None
+        if shape.gemm_target is not None:
+            gstep, gflop = gemm_step(shape.batch, 1000, 1000)
+            gemm = Timer(gstep, block_s / 4, min_steps=20)
+            timers.append(gemm)
+        interleave(timers, blocks)
+
+        ratio = ours.median / theirs.median if theirs else None
+        met = "" if ratio is None else (" [green]ok[/]" if ratio >= shape.target_ratio else " [red]MISS[/]")
+        frac_text = "-"
+        if gemm is not None:
+            gemm_gflops = gemm.best * gflop / 1e9  # the ceiling: the best block
+            frac = ours.median * shape.flops() / (gemm.best * gflop)
+            mark = "[green]ok[/]" if frac >= shape.gemm_target else "[red]MISS[/]"
+            frac_text = f"{100 * frac:.0f} % (>= {100 * shape.gemm_target:.0f} %) {mark}"
+        table.add_row(
+            shape.name, str(shape.batch),
+            f"{fmt_rate(ours.median)} ±{100 * ours.spread / 2:.0f}%",
+            f"{fmt_rate(theirs.median)} ±{100 * theirs.spread / 2:.0f}%" if theirs else "-",
+            f"{ratio:.2f}x" if ratio is not None else "-",
+            f">= {shape.target_ratio:g}x{met}",
+            frac_text,
+        )
+
+    lines = [f"NumPy {_np_version()} BLAS: {blas}", torch_note,
+             f"median of {blocks} interleaved blocks of ~{block_s:g} s per loop; ± is half the blocks' spread"]
+    if gemm_gflops is not None:
+        lines.append(f"float32 GEMM (256x1000)@(1000x1000), numpy matmul out=: {gemm_gflops:.1f} GFLOP/s (best block); "
+                     f"wide step = {SHAPES[-1].flops() / 1e9:.2f} GFLOP")
+    table.caption = "\n".join(lines)
+    table.caption_justify = "left"
+    return table
+
+
+def _np_version() -> str:
+    import numpy as np
+
+    return np.__version__

@@ -1,0 +1,59 @@
+"""Small shared pieces of rule logic: number formatting, severity from harm, fix builders."""
+
+from __future__ import annotations
+
+import math
+
+from nandoctor.diagnose.facts import Facts, LayerFacts
+from nandoctor.diagnose.finding import Fix
+
+RELU_LIKE = ("relu", "leaky_relu", "elu", "gelu", "softplus")
+
+
+def g(x: float) -> str:
+    """A measurement for people: 3 significant digits, 'nan' for missing."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.3g}"
+
+
+def pct(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.0f} %"
+
+
+def harm_severity(facts: Facts) -> str:
+    """error when the run failed (diverged or did not learn), warning otherwise."""
+    return "error" if facts.failed else "warning"
+
+
+def round_lr(lr: float) -> float:
+    """One significant digit: 0.0123 -> 0.01."""
+    if lr <= 0 or not math.isfinite(lr):
+        return lr
+    exp = math.floor(math.log10(lr))
+    return float(f"{round(lr / 10**exp) * 10**exp:.1g}")
+
+
+def current_lr(facts: Facts) -> float | None:
+    return facts.cfg.optimizer.lr if facts.cfg else None
+
+
+def matching_init(activation: str) -> str:
+    return "he_normal" if activation in RELU_LIKE else "glorot_uniform"
+
+
+def hidden_activation_patch(layers: list[LayerFacts], activation: str) -> dict:
+    """Per-layer patch of the hidden layers only: a `*` would also change the output activation."""
+    patch: dict = {}
+    for lf in layers:
+        if lf.hidden:
+            patch[f"{lf.path}.activation"] = activation
+            patch[f"{lf.path}.init"] = matching_init(activation)
+    return patch
+
+
+def config_fix(facts: Facts, summary: str, patch: dict, advice: str | None = None) -> Fix:
+    """A config patch, or code-level advice (patch null) when the run has no config to patch."""
+    if facts.cfg is None:
+        return Fix(advice or summary, None)
+    return Fix(summary, patch)

@@ -1,0 +1,46 @@
+"""exploding_gradients: gradients grow layer over layer or step over step."""
+
+import math
+
+from nandoctor.diagnose.facts import Facts
+from nandoctor.diagnose.finding import Rule
+from nandoctor.diagnose.helpers import config_fix, g
+
+GROWTH = 100.0
+
+
+def check(f: Facts):
+    evidence = []
+    fn = f.first_nonfinite or {}
+    if fn.get("phase") in ("backward", "update"):
+        evidence.append(f"the first non-finite value appeared in the {fn['phase']} pass at step {fn.get('step')}, "
+                        f"layer {fn.get('layer')} ({fn.get('tensor')}): {fn.get('detail')}")
+    if f.grad_growth > GROWTH:
+        evidence.append(f"the global gradient norm grew {g(f.grad_growth)}x from the first to the last quarter "
+                        f"of training")
+    norms = [lf.grad_norm for lf in f.layers]
+    if len(norms) >= 3 and all(math.isfinite(x) and x > 0 for x in norms) and norms[0] / norms[-1] > GROWTH:
+        evidence.append(f"gradients grow toward the input: |dW| {g(norms[0])} in layer 0 vs {g(norms[-1])} in "
+                        f"the output layer")
+    if not evidence and not f.diverged:
+        return None
+    if not evidence:
+        evidence.append(f"training diverged at step {fn.get('step')} (phase {fn.get('phase')}) and no more "
+                        f"specific cause was found")
+    fix = config_fix(f, "clip the global gradient norm: optimizer.clip_norm: 1.0", {"optimizer.clip_norm": 1.0},
+                     "clip the gradient norm (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))")
+    failed = f.failed or f.diverged
+    return RULE.finding("error" if failed else "warning", 0.45 if failed else 0.25, evidence, [fix])
+
+
+RULE = Rule(
+    id="exploding_gradients",
+    title="Exploding gradients",
+    what="Gradient norms that grow from layer to layer toward the input, or from step to step, until "
+         "they overflow, with no more specific cause.",
+    why="Backpropagation multiplies by every layer's weights and derivatives: factors above 1 compound "
+        "exponentially with depth and time, so one step can throw the weights anywhere.",
+    fix="Clip the global gradient norm (optimizer.clip_norm), lower the learning rate, use a "
+        "scale-preserving init, or add batch norm.",
+    check=check,
+)

@@ -1,0 +1,1 @@
+"""Telemetry: what a run did, recorded into a run directory (config.yaml + telemetry.sqlite)."""

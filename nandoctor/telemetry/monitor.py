@@ -1,0 +1,136 @@
+"""The Monitor: the trainer's observer that writes the run store.
+
+Retention policy (what `monitor.every` controls): every step gets a `steps` row (loss, lr,
+gradient norm, status). Per-layer statistics are recorded at sampled steps: with `every: N` each
+N-th step; with the default `auto`, every one of the first 20 steps, then every
+max(10, ceil(total_steps / 4000))-th step, which bounds a run to about 4,000 sampled steps (100k
+steps of a 10-layer net stay near 35 MB). Anomalies are always recorded in full whatever the
+stride: the first non-finite step, loss spikes above 10x the running median, and the last step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from nandoctor.config import Config
+from nandoctor.telemetry.preflight import preflight
+from nandoctor.telemetry.stats import tensor_stats
+from nandoctor.telemetry.store import RunWriter
+
+AUTO_DENSE_STEPS = 20
+AUTO_MIN_STRIDE = 10
+AUTO_MAX_SAMPLES = 4000
+SPIKE_FACTOR = 10.0
+SPIKE_WINDOW = 50
+SPIKE_REFRESH = 25
+SPIKE_FLOOR = 0.1  # a spike must also exceed this share of the early loss (near-zero losses jitter by 10x)
+
+
+def stride_for(every: int | str, total_steps: int) -> tuple[int, int]:
+    """(dense steps, stride) for a `monitor.every` setting."""
+    if every != "auto":
+        return 0, int(every)
+    return AUTO_DENSE_STEPS, max(AUTO_MIN_STRIDE, math.ceil(total_steps / AUTO_MAX_SAMPLES))
+
+
+class Monitor:
+    def __init__(self, run_dir: Path, cfg: Config):
+        self.dir, self.cfg = Path(run_dir), cfg
+        self.writer = RunWriter(self.dir)
+        self.recent: deque[float] = deque(maxlen=SPIKE_WINDOW)
+        self.median = math.inf
+        self.last_recorded = 0
+        self.spikes = 0
+        self.scale = math.inf  # median of the first losses: spikes must also be large in absolute terms
+
+    # ---- observer hooks -----------------------------------------------------------------------
+    def start(self, trainer) -> None:
+        self.dense, self.stride = stride_for(self.cfg.monitor.every, trainer.total_steps)
+        w = self.writer
+        w.set_meta(status="running", pid=os.getpid(), started=time.time(), engine="nandoctor-numpy",
+                   name=self.cfg.name, dtype=str(trainer.dtype), total_steps=trainer.total_steps,
+                   steps_per_epoch=trainer.steps_per_epoch, batch_size=trainer.batch_size,
+                   epochs=self.cfg.training.epochs, every=self.cfg.monitor.every, dense_steps=self.dense,
+                   stride=self.stride, n_params=trainer.model.n_params, task=trainer.data.task,
+                   data_profile=trainer.data.profile, first_nonfinite=None)
+        rows = []
+        for layer, cfg in zip(trainer.model.layers, self.cfg.model.layers, strict=True):
+            rows.append({"layer": layer.index, "name": f"model.layers.{layer.index}", "fan_in": layer.fan_in,
+                         "fan_out": layer.fan_out, "params": sum(int(np.prod(s)) for _, s in layer.param_shapes()),
+                         "activation": layer.act.name, "init": cfg.init.name,
+                         "init_std": float(layer.W.astype(np.float64).std()), "norm": cfg.norm,
+                         "dropout": cfg.dropout})
+        w.layers(rows)
+        w.set_meta(preflight=preflight(trainer))
+        w.commit()
+
+    def step(self, trainer, info) -> None:
+        self.writer.step(info.step, info.epoch, info.loss, info.lr, info.grad_norm, info.status)
+        anomaly = info.status != "ok" or self._spike(info)
+        sampled = info.step <= self.dense or info.step % self.stride == 0
+        if sampled or anomaly or info.step == trainer.total_steps:
+            self.record_layers(trainer, info.step)
+
+    def nonfinite(self, trainer, event: dict) -> None:
+        self.writer.set_meta(first_nonfinite=event)
+        self.writer.event(event["step"], event["epoch"], "nonfinite", event["phase"], event["layer"],
+                          event["tensor"], event)
+
+    def epoch(self, trainer, record: dict) -> None:
+        self.writer.epoch(record, trainer.dead_units)
+
+    def end(self, trainer, status: str) -> None:
+        if trainer.step_no and self.last_recorded != trainer.step_no and trainer.model.layers[0].buf is not None:
+            self.record_layers(trainer, trainer.step_no)
+        self.writer.set_meta(status=status, ended=time.time(), steps=trainer.step_no)
+        self.writer.close()
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _spike(self, info) -> bool:
+        """Loss above 10x the running median (refreshed every few steps to stay cheap)."""
+        loss = info.loss
+        spike = (math.isfinite(loss) and len(self.recent) >= SPIKE_REFRESH and loss > SPIKE_FACTOR * self.median
+                 and loss > SPIKE_FLOOR * self.scale)
+        if math.isfinite(loss):
+            self.recent.append(loss)
+            if len(self.recent) == SPIKE_REFRESH and self.scale == math.inf:
+                self.scale = float(np.median(self.recent))
+            if info.step % SPIKE_REFRESH == 0 or self.median == math.inf:
+                self.median = float(np.median(self.recent))
+        if spike:
+            self.spikes += 1
+            self.writer.event(info.step, info.epoch, "loss_spike", "loss", None, "loss",
+                              {"loss": loss, "running_median": self.median})
+        return spike
+
+    def record_layers(self, trainer, step: int) -> None:
+        """Per-layer statistics from the buffers the step left behind (nothing is recomputed)."""
+        self.last_recorded = step
+        w, model, upd = self.writer, trainer.model, trainer.update
+        for layer, spans in zip(model.layers, model.slices, strict=True):
+            s, i, act = layer.buf, layer.index, layer.act
+            if s is None:
+                continue
+            sat = act.name if act.saturating else None
+            w.stats(step, i, "pre_activation", tensor_stats(s.lin, precise=True))
+            if layer.batch_norm:
+                w.stats(step, i, "normalized", tensor_stats(s.z, precise=True))
+            w.stats(step, i, "activation", tensor_stats(s.a, precise=True, zeros=True, saturation=sat))
+            weight = tensor_stats(layer.W)
+            w.stats(step, i, "weight", weight)
+            w.stats(step, i, "bias", tensor_stats(layer.b))
+            w.stats(step, i, "grad_weight", tensor_stats(layer.dW, zeros=True))
+            w.stats(step, i, "grad_bias", tensor_stats(layer.db, zeros=True))
+            dout = getattr(s, "dout", None)
+            if dout is not None and dout.shape == s.a.shape:
+                w.stats(step, i, "grad_output", tensor_stats(dout, zeros=True))
+            u = tensor_stats(upd[spans["W"]])
+            wn = weight[5]
+            ratio = u[5] / wn if u[5] is not None and wn and math.isfinite(wn) else None
+            w.stats(step, i, "update", (*u[:9], ratio))
