@@ -210,12 +210,9 @@ def test_huge_learning_rate_is_located_before_the_weights_are_touched(dtype):
     assert np.array_equal(trainer.model.params, before)
 
 
-@pytest.mark.xfail(strict=True, reason="Trainer.train_step adds a finite update before checking the sum: "
-                                       "params + update overflowing (float16) corrupts the weights "
-                                       "(trainer.py: `model.params += upd` before the params check)")
 def test_update_that_overflows_the_weights_is_not_applied():
     """Finite weights, finite update, but weights + update > float16 max: the step must stop first."""
-    data = dataset(np.ones((8, 1)), np.full((8, 1), 40100.0), "regression", val=0.0)
+    data = dataset(np.ones((8, 1)), np.full((8, 1), 40100.0), "regression")
     layers = [{"units": 1, "init": "zeros"}]
     cfg = config(layers, "mse", {"name": "sgd", "lr": 200.0}, bias_init=40000.0, dtype="float16", shuffle=False)
     trainer, result, rec = run(cfg, data)
@@ -223,3 +220,14 @@ def test_update_that_overflows_the_weights_is_not_applied():
     assert result.first_nonfinite is not None and result.first_nonfinite["phase"] == "update"
     assert np.isfinite(trainer.model.params).all()
     np.testing.assert_array_equal(trainer.model.params, rec.initial)
+
+
+def test_regression_without_a_validation_split():
+    """SPEC: `validation_split: 0` keeps every row for training; the validation arrays are then empty."""
+    full = regression(n=64)
+    data = dataset(np.concatenate([full.X_train, full.X_val]), np.concatenate([full.y_train, full.y_val]),
+                   "regression", val=0.0)
+    assert data.X_val.shape == (0, 3) and data.y_val.shape == (0, 1)
+    result = Trainer(config([{"units": 1}], "mse", epochs=2), data).run()
+    assert result.status == "completed"
+    assert math.isnan(result.epochs[-1]["val_loss"]) and math.isfinite(result.epochs[-1]["train_loss"])

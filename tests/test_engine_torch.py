@@ -197,7 +197,8 @@ OPT_CASES = [(name, wd) for name in ("sgd", "momentum", "nesterov", "rmsprop", "
 @pytest.mark.parametrize(("name", "wd"), OPT_CASES)
 def test_twenty_optimizer_steps(name, wd):
     lr = 0.05 if name in ("sgd", "momentum", "nesterov", "adagrad") else 0.01
-    layers = [{"units": 8, "activation": "tanh"}, {"units": 6, "activation": "relu"}, {"units": 3, "activation": "softmax"}]
+    layers = [{"units": 8, "activation": "tanh"}, {"units": 6, "activation": "relu"},
+              {"units": 3, "activation": "softmax"}]
     cfg, model, loss = setup(layers, 4, optimizer={"name": name, "lr": lr, "weight_decay": wd}, seed=17)
     rng = np.random.default_rng(17)
     batches = [(rng.normal(size=(10, 4)), rng.integers(0, 3, 10)) for _ in range(20)]

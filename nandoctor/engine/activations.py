@@ -91,7 +91,8 @@ class LeakyReLU(Activation):
 
     def forward(self, z, out):
         np.multiply(z, self.alpha, out=out)
-        return np.where(z > 0, z, out, out=out) if self.alpha > 1 else np.maximum(z, out, out=out)
+        np.copyto(out, z, where=z > 0)
+        return out
 
     def backward(self, da, z, a, out):
         np.multiply(da, self.alpha, out=out)

@@ -44,8 +44,8 @@ def locate(model: MLP, loss_name: str, stable: bool, phase_hint: str,
             role = "producer" if i == 0 else "propagator"
             return _event("forward", i, "input", f"non-finite input to layer {i}", n_bad(s.x), s.x.size, role)
         if n_bad(layer.W) or n_bad(layer.b):
-            return _event("forward", i, "weight", f"weights of layer {i} are non-finite", n_bad(layer.W),
-                          layer.W.size, "propagator")
+            return _event("forward", i, "weight", f"parameters of layer {i} are non-finite",
+                          n_bad(layer.W) + n_bad(layer.b), layer.W.size + layer.b.size, "propagator")
         tensors = [("pre_activation", s.lin)]
         if layer.batch_norm:
             tensors.append(("batch_norm", s.z))
@@ -92,7 +92,7 @@ def locate(model: MLP, loss_name: str, stable: bool, phase_hint: str,
                 return _event("update", layer.index, tensor, detail, n_bad(arr), arr.size)
         for layer, spans in zip(model.layers, model.slices, strict=True):
             for key, sl in spans.items():
-                if n_bad(update[sl]) or n_bad(model.params[sl]):
+                if n_bad(update[sl]) or n_bad(model.params[sl]) or n_bad(model.params[sl] + update[sl]):
                     return _event("update", layer.index, key, f"parameter {key} of layer {layer.index} "
                                   f"went non-finite", n_bad(model.params[sl]), sl.stop - sl.start)
     return _event(phase_hint, None, None, "non-finite value (not found in the step's buffers)", 0, 0)

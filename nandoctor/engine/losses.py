@@ -194,7 +194,8 @@ def prepare_targets(y: np.ndarray, loss: str, task: str, units: int, dtype) -> n
     (n, units)-compatible array (one-hot when a classification output has several units)."""
     if loss == "cross_entropy":
         if task != "classification":
-            return np.rint(np.asarray(y, dtype=np.float64).reshape(len(y), -1)[:, 0]).astype(np.int64)
+            y = np.asarray(y, dtype=np.float64)
+            return np.rint(y if y.ndim == 1 else y[:, 0]).astype(np.int64)
         return np.asarray(y, dtype=np.int64)
     if task == "classification":
         y = np.asarray(y, dtype=np.int64)
@@ -204,4 +205,5 @@ def prepare_targets(y: np.ndarray, loss: str, task: str, units: int, dtype) -> n
             onehot[np.arange(len(y))[inside], y[inside]] = 1
             return onehot
         return y.reshape(-1, 1).astype(dtype)
-    return np.asarray(y, dtype=dtype).reshape(len(y), -1)
+    y = np.asarray(y, dtype=dtype)
+    return y.reshape(-1, 1) if y.ndim == 1 else y

@@ -173,7 +173,8 @@ def clip(g: np.ndarray, cfg: OptimizerConfig, norm: float) -> float:
     Returns the norm after clipping."""
     if cfg.clip_value is not None:
         np.clip(g, -cfg.clip_value, cfg.clip_value, out=g)
-        norm = math.sqrt(float(np.dot(g, g)))
+        wide = g.astype(np.float32) if g.dtype == np.float16 else g  # a float16 dot overflows at 65504
+        norm = math.sqrt(float(np.dot(wide, wide)))
     if cfg.clip_norm is not None and norm > cfg.clip_norm:
         coef = cfg.clip_norm / (norm + 1e-6)
         g *= g.dtype.type(coef)

@@ -99,6 +99,7 @@ class Trainer:
         self.total_steps = min(total, t.max_steps) if t.max_steps else total
         self.schedule = make_schedule(cfg.schedule, cfg.optimizer.lr, t.epochs, self.total_steps)
         self.update = np.zeros_like(self.model.params)
+        self._next = np.empty_like(self.model.params) if self.dtype == np.float16 else None
         self._grad_bufs: dict[int, np.ndarray] = {}
         self.shuffle_rng = stream(cfg.seed, "shuffle")
         self.step_no = 0
@@ -136,9 +137,19 @@ class Trainer:
             failed = failed or "update"
             if self.cfg.training.stop_on_nonfinite:
                 return value, gnorm, failed
-        model.params += upd
-        if failed is None and not _finite_sqnorm(model.params)[1]:
-            failed = "update"
+        if self.dtype == np.float16:
+            # Finite weights plus a finite update overflow easily at 65504: try the sum first and
+            # keep the last good weights if it fails. Wider dtypes take the in-place fast path.
+            nxt = np.add(model.params, upd, out=self._next)
+            if failed is None and not _finite_sqnorm(nxt)[1]:
+                failed = "update"
+                if self.cfg.training.stop_on_nonfinite:
+                    return value, gnorm, failed
+            model.params[...] = nxt
+        else:
+            model.params += upd
+            if failed is None and not _finite_sqnorm(model.params)[1]:
+                failed = "update"
         return value, gnorm, failed
 
     # ---- the loop ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """sum_reduction: loss summed over the batch, so the step size grows with the batch."""
 
+import math
+
 from nandoctor.diagnose.facts import Facts
 from nandoctor.diagnose.finding import Fix, Rule
 from nandoctor.diagnose.helpers import g
@@ -20,8 +22,8 @@ def check(f: Facts):
         evidence.append(f"largest update/weight ratio {g(ratio)} (healthy ~1e-3)")
     if f.diverged:
         evidence.append(f"training diverged at step {(f.first_nonfinite or {}).get('step')}")
-    if f.failed:
-        return RULE.finding("error", 0.92, evidence, [_fix()])
+    if f.failed:  # the step is `batch` times too large: the larger the batch, the surer the cause
+        return RULE.finding("error", min(0.7 + 0.1 * math.log10(batch) + 0.1, 0.99), evidence, [_fix()])
     return RULE.finding("info", 0.2, evidence, [_fix()])
 
 
@@ -38,5 +40,5 @@ RULE = Rule(
         "size silently changes the step.",
     fix="Average over the batch (loss.reduction: mean), or divide the learning rate by the batch size.",
     check=check,
-    explains=("high_lr", "exploding_gradients"),
+    explains=("high_lr", "exploding_gradients", "dead_relu"),
 )

@@ -37,7 +37,7 @@ def check(f: Facts):
     if f.failed:
         harm += 0.1
     scale = max(f.input_abs_max / ABS_MAX if big else 0, f.input_std_ratio / STD_RATIO if unequal else 0, 1.0)
-    score = 0.55 + 0.1 * min(math.log10(scale), 2.0) + harm
+    score = min(0.55 + 0.1 * min(math.log10(scale), 2.0) + min(harm, 0.2), 0.95)
     fix = config_fix(f, "standardize the inputs (statistics of the training split): data.preprocess: standardize",
                      {"data.preprocess": "standardize"}, "standardize the inputs: (x - mean) / std per feature")
     return RULE.finding(harm_severity(f) if harm > 0.1 else "warning", score, evidence, [fix])
