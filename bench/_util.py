@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -15,6 +16,9 @@ import numpy as np
 SEED = 0
 LR = 0.01
 N_BATCHES = 8  # pre-generated batches, cycled
+# Idle OpenBLAS workers spin ~2^28 cycles (~0.1 s) before sleeping, and OpenMP's a while too; on 2 cores
+# the spinning pool of the library that just ran halves the next one's speed, so blocks start after this.
+SETTLE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -158,17 +162,19 @@ def gemm_step(m: int = 256, k: int = 1000, n: int = 1000) -> tuple[Callable[[int
 class Timer:
     """Times `step` in blocks of a fixed number of steps, calibrated once to about `block_s` seconds."""
 
-    def __init__(self, step: Callable[[int], None], block_s: float, min_steps: int = 5, rewarm: int = 2):
+    def __init__(self, step: Callable[[int], None], block_s: float, min_steps: int = 5, rewarm: int = 2,
+                 warmup_s: float = 0.3):
         self.step, self.rewarm, self.i = step, rewarm, 0
         self.rates: list[float] = []
         self._run(max(3, rewarm))  # first touch: buffers, caches, thread pools
-        t0 = time.perf_counter()
-        n = 0
-        while n < 3 or time.perf_counter() - t0 < min(block_s, 0.2):
+        # warm-up, which also calibrates: the fastest single step (noise only ever slows a step down)
+        t_end, fastest, n = time.perf_counter() + warmup_s, math.inf, 0
+        while n < 3 or time.perf_counter() < t_end:
+            t0 = time.perf_counter()
             self._run(1)
+            fastest = min(fastest, time.perf_counter() - t0)
             n += 1
-        per_step = (time.perf_counter() - t0) / n
-        self.steps = max(min_steps, round(block_s / per_step))
+        self.steps = max(min_steps, round(block_s / fastest))
 
     def _run(self, n: int) -> None:
         step, i = self.step, self.i
@@ -176,8 +182,11 @@ class Timer:
             step(j)
         self.i = i + n
 
-    def block(self) -> None:
-        """A few untimed steps (the other library's threads may still be spinning), then one timed block."""
+    def block(self, settle: float = 0.0) -> None:
+        """Sleep `settle` s (so the other library's idle threads stop spinning on the cores), run a few
+        untimed steps (to wake this library's threads), then time one block."""
+        if settle:
+            time.sleep(settle)
         self._run(self.rewarm)
         t0 = time.perf_counter()
         self._run(self.steps)
@@ -197,12 +206,12 @@ class Timer:
         return (max(self.rates) - min(self.rates)) / self.median if len(self.rates) > 1 else 0.0
 
 
-def interleave(timers: list[Timer], blocks: int) -> None:
+def interleave(timers: list[Timer], blocks: int, settle: float = SETTLE_S) -> None:
     """Round-robin blocks of every timer, rotating who goes first so no one always follows the same."""
     for r in range(blocks):
         k = r % len(timers)
         for t in timers[k:] + timers[:k]:
-            t.block()
+            t.block(settle)
 
 
 # ---- environment -------------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from nandoctor.cli import app
-from nandoctor.config import Config, dump_config, from_mapping, load_config, to_mapping
-from nandoctor.config import paths
+from nandoctor.config import Config, dump_config, from_mapping, load_config, paths, to_mapping
 from nandoctor.errors import ConfigError, NandoctorError
 
 ENV = {"COLUMNS": "100", "NO_COLOR": "1"}
@@ -24,6 +23,8 @@ BASE = {
     "model": {"layers": [{"units": 8, "activation": "relu"}, {"units": 2, "activation": "softmax"}]},
     "training": {"epochs": 2},
 }
+
+DELETE = object()
 
 
 def raw_with(*changes) -> dict:
@@ -38,9 +39,6 @@ def raw_with(*changes) -> dict:
         else:
             node[keys[-1]] = value
     return raw
-
-
-DELETE = object()
 
 
 def write(tmp_path, text: str, name: str = "cfg.yaml"):
@@ -170,7 +168,8 @@ def test_top_level_not_a_mapping(tmp_path, text, kind):
 NAN, INF = float("nan"), float("inf")
 
 CASES = {
-    "unknown top key": ([(("trainin",), {"epochs": 1})], "trainin", ["unknown key 'trainin'"], "did you mean 'training'"),
+    "unknown top key": ([(("trainin",), {"epochs": 1})], "trainin", ["unknown key 'trainin'"],
+                        "did you mean 'training'"),
     "unknown top key far": ([(("zzz",), 1)], "zzz", ["unknown key 'zzz'"], "valid keys:"),
     "unknown nested key": ([(("optimizer",), {"lrr": 0.1})], "optimizer.lrr", ["unknown key 'lrr'"],
                            "did you mean 'lr'"),
@@ -299,7 +298,8 @@ def test_huge_integer_in_a_float_field_is_a_config_error():
 
 def test_exponent_without_dot_is_a_number(tmp_path):
     """PyYAML (YAML 1.1) reads `1e-3` as a string; the config means 0.001."""
-    cfg = write(tmp_path, "data: {generator: moons}\nmodel: {layers: [{units: 2}]}\noptimizer: {name: adam, lr: 1e-3}\n")
+    cfg = write(tmp_path, "data: {generator: moons}\nmodel: {layers: [{units: 2}]}\n"
+                          "optimizer: {name: adam, lr: 1e-3}\n")
     assert yaml.safe_load(cfg.read_text())["optimizer"]["lr"] == "1e-3"
     lr = load_config(cfg).optimizer.lr
     assert lr == 0.001 and isinstance(lr, float)

@@ -8,6 +8,7 @@ from nandoctor.diagnose.helpers import RELU_LIKE, config_fix, g, matching_init
 
 TOO_LARGE = 4.0  # x the std that keeps activations at unit scale
 TOO_SMALL = 0.2
+COMPOUND = 30.0  # growth of the activation std from the first to the last hidden layer at init
 
 
 def expected_std(lf: LayerFacts) -> float:
@@ -31,20 +32,24 @@ def check(f: Facts):
             evidence.append(f"layer {lf.index} ({lf.path}) initial weight std {g(lf.init_std)} is {g(q)}x the "
                             f"{g(want)} that suits fan-in {lf.fan_in} and {lf.activation}")
             off.append(lf)
-    if not off:
-        return None
     hidden = [lf for lf in f.layers if lf.hidden and math.isfinite(lf.act_std_initial)]
     harm = 0.0
     if len(hidden) >= 2:
         first, last = hidden[0].act_std_initial, hidden[-1].act_std_initial
+        drift = None
         if last < 1e-3 * max(first, 1e-30) or last < 1e-4:
-            evidence.append(f"at step 0 activations shrink from std {g(first)} in layer {hidden[0].index} to "
-                            f"{g(last)} in layer {hidden[-1].index}")
+            drift = "shrink"
+        elif last > COMPOUND * max(first, 1e-30) and last > 10:
+            drift = "grow"
+        if drift:
+            evidence.append(f"at step 0 activations {drift} from std {g(first)} in layer {hidden[0].index} to "
+                            f"{g(last)} in layer {hidden[-1].index}: the init scale compounds over depth")
             harm += 0.15
-        elif last > 1e2:
-            evidence.append(f"at step 0 activations grow from std {g(first)} in layer {hidden[0].index} to "
-                            f"{g(last)} in layer {hidden[-1].index}")
-            harm += 0.15
+            if not off:  # each layer only a little off, but it compounds: flag the off-scale layers
+                off = [lf for lf in f.layers if math.isfinite(lf.init_std) and
+                       abs(math.log(max(lf.init_std, 1e-30) / expected_std(lf))) > math.log(1.25)]
+    if not off:
+        return None
     sat = [lf for lf in off if lf.saturated_early > 0.5]
     if sat:
         evidence.append("saturated at step 0: " + ", ".join(f"layer {lf.index} {lf.saturated_early:.0%}" for lf in sat))

@@ -9,6 +9,7 @@ from nandoctor.diagnose.helpers import config_fix, current_lr, g, round_lr
 RATIO_HIGH = 0.03  # update/weight ratio; healthy SGD/Adam runs sit near 1e-3 to 1e-2
 TARGET_RATIO = 3e-3
 WEIGHT_GROWTH = 10.0
+LAYER_GROWTH = 100.0  # first vs output layer gradient norm
 
 
 def check(f: Facts):
@@ -28,6 +29,10 @@ def check(f: Facts):
     if f.spikes:
         symptoms.append(f"{f.spikes} loss spikes above 10x the running median")
     big_ratio = peak > RATIO_HIGH
+    norms = [lf.grad_norm for lf in f.layers]
+    layered = len(norms) >= 3 and norms[-1] > 0 and norms[0] / norms[-1] > LAYER_GROWTH
+    if layered and f.layers[-1].update_ratio_max < RATIO_HIGH:
+        return None  # only the layers fed by exploding gradients overshoot: not the learning rate's fault
     if not (big_ratio and symptoms) and not (f.diverged and growth > WEIGHT_GROWTH):
         return None
     evidence = []
