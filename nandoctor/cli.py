@@ -31,7 +31,7 @@ def handles_errors(fn):
         try:
             return fn(*args, **kwargs)
         except NandoctorError as exc:
-            report.console(stderr=True).print(f"[bold red]error:[/] {report.escape(exc.render())}")
+            report.console(stderr=True).print(f"[bold red]error:[/] {report.escape(exc.render())}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -102,11 +102,19 @@ def diagnose(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `train` (or a recorder).")],
     json_: JsonOpt = False,
     top: Annotated[int | None, typer.Option("--top", min=1, help="Show only the K highest-ranked causes.")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Retrain with each top cause's fix and re-rank.")] = False,
+    verify_top: Annotated[int, typer.Option("--verify-top", min=1, help="How many causes --verify tries.")] = 3,
 ) -> None:
     """Read a run directory and print the ranked causes with evidence and fixes."""
-    from nandoctor.diagnose import diagnose_dir
+    from nandoctor.diagnose import diagnose
+    from nandoctor.telemetry.reader import load_run
 
-    d = diagnose_dir(run_dir)
+    run = load_run(run_dir)
+    d = diagnose(run)
+    if verify and d.causes:
+        from nandoctor.verify import verify as verify_diagnosis
+
+        d = verify_diagnosis(run, d, verify_top)
     if json_:
         typer.echo(json.dumps(d.to_json(top)))
     else:
@@ -136,6 +144,136 @@ def explain(cause: Annotated[str | None, typer.Argument(help="A cause id; omit t
         out.print(f"[bold]{head}[/]\n  {text}\n")
     if rule.explains:
         out.print(f"[bold]Explains[/] (symptoms ranked under it)\n  {', '.join(rule.explains)}")
+
+
+@app.command()
+@handles_errors
+def check(
+    targets: Annotated[list[Path], typer.Argument(help="Config files or directories of configs.")],
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="At most N steps per config.")] = None,
+    junit: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML for CI reporters.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Runs go here (default runs/check-<timestamp>).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """CI smoke check: train and diagnose every config, compare with its expect: block."""
+    import time
+
+    from nandoctor import checking
+
+    t0 = time.perf_counter()
+    out_root = out or checking.default_out()
+    results = checking.run_check(targets, out_root, max_steps)
+    seconds = time.perf_counter() - t0
+    if junit is not None:
+        try:
+            junit.write_text(checking.junit_xml(results, seconds), encoding="utf-8")
+        except OSError as exc:
+            raise NandoctorError(f"cannot write JUnit file ({exc.strerror})", file=str(junit)) from None
+    ok = all(r.passed for r in results)
+    if json_:
+        typer.echo(json.dumps({"schema": 1, "ok": ok, "seconds": round(seconds, 3),
+                               "results": [r.to_json() for r in results]}))
+    else:
+        report.print_check(results, seconds, report.console())
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handles_errors
+def fix(
+    config: Annotated[Path, typer.Argument(help="The config to repair.")],
+    run: Annotated[Path | None, typer.Option("--run", help="Diagnose this run instead of training CONFIG.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write (default <config>.fixed.yaml).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Train the patched config and compare.")] = False,
+) -> None:
+    """Write a patched config applying the top diagnosis' fix; --verify trains it and shows before/after."""
+    from nandoctor import patching
+    from nandoctor.config.load import read_yaml
+    from nandoctor.diagnose import diagnose_dir
+    from nandoctor.experiment import summarize, train_and_diagnose
+    from nandoctor.training import run_training
+
+    cfg = load_config(config)
+    out_c = report.console()
+    if run is None:
+        err = report.console(stderr=True)
+        err.print(f"[dim]training {config} to diagnose it ...[/]")
+        _, run, _ = run_training(cfg, config)
+    d = diagnose_dir(run)
+    chosen = next(((c, f) for c in d.causes if c.severity == "error" for f in c.fixes if f.patch), None)
+    if chosen is None:
+        out_c.print(f"nothing to fix: {report.escape(d.verdict)}")
+        return
+    cause, chosen_fix = chosen
+    target = out or config.with_name(f"{config.stem}.fixed{config.suffix or '.yaml'}")
+    if target.exists() and not force:
+        raise NandoctorError("output file already exists", file=str(target), hint="pass --force or another --out")
+    text, kept = patching.patch_text(config.read_text(encoding="utf-8"), chosen_fix.patch)
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise NandoctorError(f"cannot write the patched config ({exc.strerror})", file=str(target)) from None
+    out_c.print(f"[bold]{cause.id}[/]: {report.escape(chosen_fix.summary)}")
+    out_c.print(f"wrote {target}" + ("" if kept else " (re-emitted: comments inside sections were not kept)"))
+    if not verify:
+        return
+    before = summarize(d)
+    after = train_and_diagnose(read_yaml(config), chosen_fix.patch, None, None, str(config))
+    report.print_before_after(before, after, out_c)
+    if not after.get("healthy"):
+        raise typer.Exit(1)
+
+
+@app.command()
+@handles_errors
+def init(
+    template: Annotated[str, typer.Argument(help="classification or regression.")] = "classification",
+    out: Annotated[Path, typer.Option("--out", help="File to write.")] = Path("nandoctor.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter config."""
+    from nandoctor.errors import did_you_mean
+    from nandoctor.templates import TEMPLATES, render
+
+    if template not in TEMPLATES:
+        raise NandoctorError(f"unknown template '{template}'", hint=did_you_mean(template, TEMPLATES) or
+                             f"choose one of {', '.join(TEMPLATES)}")
+    if out.exists() and not force:
+        raise NandoctorError("file already exists", file=str(out), hint="pass --force or another --out")
+    try:
+        out.write_text(render(template, out.stem, str(out)), encoding="utf-8")
+    except OSError as exc:
+        raise NandoctorError(f"cannot write ({exc.strerror})", file=str(out)) from None
+    report.console().print(f"wrote {out}; next: nandoctor train {out}")
+
+
+@app.command()
+@handles_errors
+def runs(
+    root: Annotated[Path, typer.Argument(help="Directory holding run directories.")] = Path("runs"),
+    json_: JsonOpt = False,
+) -> None:
+    """List run directories with their status and verdict."""
+    from nandoctor.diagnose import diagnose_dir
+    from nandoctor.errors import RunError
+
+    if not root.is_dir():
+        raise NandoctorError("no such directory", file=str(root), hint="train something first: nandoctor train")
+    rows = []
+    for d in sorted(p for p in root.iterdir() if (p / "telemetry.sqlite").exists()):
+        try:
+            diag = diagnose_dir(d)
+            rows.append({"run": str(d), "status": diag.status, "healthy": diag.healthy, "verdict": diag.verdict,
+                         "top_cause": diag.causes[0].id if diag.causes else None})
+        except RunError as exc:
+            rows.append({"run": str(d), "status": "unreadable", "healthy": None, "verdict": exc.render(),
+                         "top_cause": None})
+    if json_:
+        typer.echo(json.dumps(rows))
+    else:
+        report.print_runs(rows, report.console())
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ piped output carries no escape codes and NO_COLOR is honoured.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -66,5 +67,62 @@ def print_diagnosis(d: Diagnosis, out: Console, top: int | None = None) -> None:
             out.print(f"   [green]fix:[/] {escape(fix.summary)}")
             if fix.patch:
                 out.print(f"        [dim]{escape(format_patch(fix.patch))}[/]")
-    for v in d.verification:
-        out.print(f"\n[bold]verified[/] {v['id']}: {escape(v['summary'])}")
+    if d.verification:
+        table = Table(title="Verified by experiment (same seed, bounded steps)")
+        for col in ("cause", "patch", "outcome", "patched run", "unpatched run"):
+            table.add_column(col)
+        for v in d.verification:
+            p, b = v["patched"], v["baseline"]
+            table.add_row(v["id"], escape(format_patch(v["patch"])), v["outcome"], _run_cell(p), _run_cell(b))
+        out.print()
+        out.print(table)
+
+
+def _run_cell(r: dict) -> str:
+    if not r.get("status"):
+        return "error"
+    loss = "" if r.get("final_loss") is None else f", loss {r['final_loss']:.3g}"
+    return f"{r['status']}{loss}"
+
+
+def print_check(results, seconds: float, out: Console) -> None:
+    table = Table(title=f"nandoctor check: {sum(r.passed for r in results)}/{len(results)} as expected "
+                        f"({seconds:.1f} s)")
+    for col in ("config", "expected", "got", "status", "steps", "time", "result"):
+        table.add_column(col)
+    for r in results:
+        o = r.outcome
+        mark = "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]"
+        table.add_row(escape(Path(r.config).name), escape(r.expected), escape(r.got), str(o.get("status", "-")),
+                      str(o.get("steps", "-")), f"{o.get('seconds') or 0:.1f}s", mark)
+    out.print(table)
+    for r in results:
+        if not r.passed:
+            o = r.outcome
+            out.print(f"[bold red]FAIL[/] {escape(r.config)}: {escape(str(o.get('verdict') or o.get('error')))}")
+            if o.get("fix"):
+                out.print(f"     fix: {escape(o['fix'])}")
+
+
+def print_before_after(before: dict, after: dict, out: Console) -> None:
+    table = Table(title="before / after the fix (same seed)")
+    for col in ("", "status", "healthy", "final loss", "metric", "verdict"):
+        table.add_column(col)
+    for name, r in (("before", before), ("after", after)):
+        if "error" in r:
+            table.add_row(name, "error", "-", "-", "-", escape(r["error"]))
+            continue
+        loss = "-" if r.get("final_loss") is None else f"{r['final_loss']:.4g}"
+        metric = "-" if r.get("metric") is None else f"{r['metric']:.3g}"
+        table.add_row(name, r["status"], "yes" if r["healthy"] else "no", loss, metric, escape(r["verdict"]))
+    out.print(table)
+
+
+def print_runs(rows: list[dict], out: Console) -> None:
+    table = Table(title="runs")
+    for col in ("run", "status", "health", "top cause", "verdict"):
+        table.add_column(col)
+    for r in rows:
+        health = "-" if r["healthy"] is None else ("[green]healthy[/]" if r["healthy"] else "[red]unhealthy[/]")
+        table.add_row(escape(r["run"]), r["status"], health, r["top_cause"] or "-", escape(r["verdict"]))
+    out.print(table)

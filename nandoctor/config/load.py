@@ -56,7 +56,8 @@ def read_yaml(path: Path) -> dict:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"YAML syntax error{where}: {problem}", file=str(path)) from None
     if raw is None:
-        raise ConfigError("config file is empty", file=str(path), hint="start from `nandoctor init`")
+        raise ConfigError("config file is empty", file=str(path),
+                          hint="a config needs at least a data: and a model: section; `nandoctor init` writes one")
     if not isinstance(raw, dict):
         raise ConfigError(f"top level must be a mapping of sections, got {type(raw).__name__}", file=str(path))
     return raw
@@ -139,7 +140,7 @@ def _coerce(value: Any, tp: Any, path: list, meta: typing.Mapping) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"expected one of {', '.join(map(str, choices))}, got {_describe(value)}",
                               path=_fmt(path))
-        kind = path[-1] if isinstance(path[-1], str) else path[-2]
+        kind = _kind(path)
         raise ConfigError(f"unknown {kind} '{value}'", path=_fmt(path),
                           hint=did_you_mean(value, choices) or f"choose one of {', '.join(choices)}")
     if origin is tuple:
@@ -164,14 +165,25 @@ def _coerce(value: Any, tp: Any, path: list, meta: typing.Mapping) -> Any:
             value = paths._float_or_str(value)
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ConfigError(f"expected a number, got {_describe(value)}", path=_fmt(path))
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError("number is too large to be a float", path=_fmt(path)) from None
         if not math.isfinite(value):
             raise ConfigError(f"non-finite number {value} is not allowed", path=_fmt(path))
-        return _check_bounds(float(value), path, meta)
+        return _check_bounds(value, path, meta)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"expected a string, got {_describe(value)}", path=_fmt(path))
         return value
     raise TypeError(f"unsupported schema type {tp!r}")  # a bug in the schema, not user input
+
+
+def _kind(path: list) -> str:
+    """What a name denotes, for messages: `optimizer.name` -> optimizer, `expect.causes[0]` -> cause."""
+    names = [p for p in path if isinstance(p, str)]
+    kind = names[-2] if names[-1] == "name" and len(names) > 1 else names[-1]
+    return {"causes": "cause"}.get(kind, kind)
 
 
 def _check_bounds(value: float, path: list, meta: typing.Mapping) -> float:
