@@ -25,8 +25,7 @@ def check(f: Facts):
     if not evidence and not f.diverged:
         return None
     if not evidence:
-        evidence.append(f"training diverged at step {fn.get('step')} (phase {fn.get('phase')}) and no more "
-                        f"specific cause was found")
+        evidence.append(f"training diverged at step {fn.get('step')} (phase {fn.get('phase')})")
     fix = config_fix(f, "clip the global gradient norm: optimizer.clip_norm: 1.0", {"optimizer.clip_norm": 1.0},
                      "clip the gradient norm (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))")
     failed = f.failed or f.diverged
