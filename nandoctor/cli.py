@@ -104,6 +104,7 @@ def diagnose(
     top: Annotated[int | None, typer.Option("--top", min=1, help="Show only the K highest-ranked causes.")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Retrain with each top cause's fix and re-rank.")] = False,
     verify_top: Annotated[int, typer.Option("--verify-top", min=1, help="How many causes --verify tries.")] = 3,
+    charts: Annotated[bool, typer.Option("--charts/--no-charts", help="Draw the loss and gradient charts.")] = True,
 ) -> None:
     """Read a run directory and print the ranked causes with evidence and fixes."""
     from nandoctor.diagnose import diagnose
@@ -118,7 +119,10 @@ def diagnose(
     if json_:
         typer.echo(json.dumps(d.to_json(top)))
     else:
-        report.print_diagnosis(d, report.console(), top)
+        out = report.console()
+        if charts:
+            report.print_charts(run, out)
+        report.print_diagnosis(d, out, top)
     if any(c.severity == "error" for c in d.causes):
         raise typer.Exit(1)
 

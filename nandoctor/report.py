@@ -126,3 +126,11 @@ def print_runs(rows: list[dict], out: Console) -> None:
         health = "-" if r["healthy"] is None else ("[green]healthy[/]" if r["healthy"] else "[red]unhealthy[/]")
         table.add_row(escape(r["run"]), r["status"], health, r["top_cause"] or "-", escape(r["verdict"]))
     out.print(table)
+
+
+def print_charts(run, out: Console) -> None:
+    from nandoctor import charts
+
+    out.print(charts.loss_chart(run))
+    out.print(charts.gradient_heatmap(run))
+    out.print(charts.layer_health(run))
