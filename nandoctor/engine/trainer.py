@@ -105,6 +105,9 @@ class Trainer:
         self.step_no = 0
         self.first_nonfinite: dict | None = None
         self.nonfinite_steps = 0
+        self.backward_ran = self.update_applied = False  # what the last step got through (telemetry reads it)
+        self.track_weight_norms = False  # set by an observer for the steps it will record
+        self.weight_norms: list[float] = []
         self.dead_units: list[tuple[int, int, int]] = []  # (layer, units dead on the training set, units)
         self.last_loss = math.nan
 
@@ -119,6 +122,7 @@ class Trainer:
         """One step on a batch; returns (loss, grad norm, phase of the first failed check or None).
         On a failed check before the update the parameters are left untouched."""
         model, loss = self.model, self.loss
+        self.backward_ran = self.update_applied = False
         model.forward(xb, train=True, fused_output=loss.fused)
         out = model.layers[-1].buf
         value = loss.forward(out.z, out.a, yb)
@@ -126,10 +130,13 @@ class Trainer:
             return value, math.nan, "loss"
         grad, wrt = loss.backward(self._grad_buf(len(xb)))
         model.backward(grad, wrt)
+        self.backward_ran = True
         g2, ok = _finite_sqnorm(model.grads)
         if not ok and self.cfg.training.stop_on_nonfinite:
             return value, math.nan, "backward"
         gnorm = clip(model.grads, self.cfg.optimizer, math.sqrt(g2))
+        if self.track_weight_norms:  # telemetry's update/weight ratio needs the weights before the update
+            self.weight_norms = [math.sqrt(sqnorm(layer.W.reshape(-1))) for layer in model.layers]
         upd = self.optimizer.compute(model.grads, lr, self.update)
         failed = None if math.isfinite(value) else "loss"
         failed = failed or (None if ok else "backward")
@@ -148,8 +155,9 @@ class Trainer:
             model.params[...] = nxt
         else:
             model.params += upd
-            if failed is None and not _finite_sqnorm(model.params)[1]:
-                failed = "update"
+        self.update_applied = True
+        if self.dtype != np.float16 and failed is None and not _finite_sqnorm(model.params)[1]:
+            failed = "update"
         return value, gnorm, failed
 
     # ---- the loop ---------------------------------------------------------------------------

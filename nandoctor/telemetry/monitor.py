@@ -47,11 +47,13 @@ class Monitor:
         self.median = math.inf
         self.last_recorded = 0
         self.spikes = 0
+        self.last_step = 0
         self.scale = math.inf  # median of the first losses: spikes must also be large in absolute terms
 
     # ---- observer hooks -----------------------------------------------------------------------
     def start(self, trainer) -> None:
         self.dense, self.stride = stride_for(self.cfg.monitor.every, trainer.total_steps)
+        trainer.track_weight_norms = self._sampled(1)
         w = self.writer
         w.set_meta(status="running", pid=os.getpid(), started=time.time(), engine="nandoctor-numpy",
                    name=self.cfg.name, dtype=str(trainer.dtype), total_steps=trainer.total_steps,
@@ -71,11 +73,16 @@ class Monitor:
         w.commit()
 
     def step(self, trainer, info) -> None:
+        self.last_step = info.step
         self.writer.step(info.step, info.epoch, info.loss, info.lr, info.grad_norm, info.status)
         anomaly = info.status != "ok" or self._spike(info)
-        sampled = info.step <= self.dense or info.step % self.stride == 0
-        if sampled or anomaly or info.step == trainer.total_steps:
+        if self._sampled(info.step) or anomaly or info.step == trainer.total_steps:
             self.record_layers(trainer, info.step)
+        nxt = info.step + 1
+        trainer.track_weight_norms = self._sampled(nxt) or nxt == trainer.total_steps
+
+    def _sampled(self, step: int) -> bool:
+        return step <= self.dense or step % self.stride == 0
 
     def nonfinite(self, trainer, event: dict) -> None:
         self.writer.set_meta(first_nonfinite=event)
@@ -86,8 +93,10 @@ class Monitor:
         self.writer.epoch(record, trainer.dead_units)
 
     def end(self, trainer, status: str) -> None:
-        if trainer.step_no and self.last_recorded != trainer.step_no and trainer.model.layers[0].buf is not None:
-            self.record_layers(trainer, trainer.step_no)
+        last = self.last_step
+        in_step = all(getattr(layer.buf, "dz", None) is not None for layer in trainer.model.layers)
+        if last and last == trainer.step_no and self.last_recorded != last and in_step:
+            self.record_layers(trainer, last)  # not when Ctrl-C landed mid-step or in the evaluation
         self.writer.set_meta(status=status, ended=time.time(), steps=trainer.step_no)
         self.writer.close()
 
@@ -109,6 +118,20 @@ class Monitor:
                               {"loss": loss, "running_median": self.median})
         return spike
 
+    @staticmethod
+    def _ratio(trainer, i: int, w: np.ndarray, u: np.ndarray, u_norm: float | None) -> float | None:
+        """|update| / |W before the update|. The trainer measured |W| for the steps we sample; on an
+        unforeseen anomaly step W - u recovers it (if that cancels to 0 the update dwarfed W)."""
+        if u_norm is None:
+            return None
+        if trainer.track_weight_norms and len(trainer.weight_norms) > i:
+            wn = trainer.weight_norms[i]
+        else:
+            wn = tensor_stats(w - u if trainer.update_applied else w)[5]
+        if wn is None or not math.isfinite(wn):
+            return None
+        return u_norm / wn if wn > 0 else math.inf
+
     def record_layers(self, trainer, step: int) -> None:
         """Per-layer statistics from the buffers the step left behind (nothing is recomputed)."""
         self.last_recorded = step
@@ -125,12 +148,14 @@ class Monitor:
             weight = tensor_stats(layer.W)
             w.stats(step, i, "weight", weight)
             w.stats(step, i, "bias", tensor_stats(layer.b))
+            if not trainer.backward_ran:
+                continue  # the step stopped at the loss: gradient buffers still hold the previous step
             w.stats(step, i, "grad_weight", tensor_stats(layer.dW, zeros=True))
             w.stats(step, i, "grad_bias", tensor_stats(layer.db, zeros=True))
             dout = getattr(s, "dout", None)
             if dout is not None and dout.shape == s.a.shape:
                 w.stats(step, i, "grad_output", tensor_stats(dout, zeros=True))
-            u = tensor_stats(upd[spans["W"]])
-            wn = weight[5]
-            ratio = u[5] / wn if u[5] is not None and wn and math.isfinite(wn) else None
+            u_w = upd[spans["W"]]
+            u = tensor_stats(u_w)
+            ratio = self._ratio(trainer, i, layer.W.reshape(-1), u_w, u[5])
             w.stats(step, i, "update", (*u[:9], ratio))

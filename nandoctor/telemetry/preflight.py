@@ -35,7 +35,7 @@ def preflight(trainer) -> dict:
         model.forward(xb, train=True, fused_output=trainer.loss.fused)
         out = model.layers[-1].buf
         loss_obj = type(trainer.loss)(trainer.cfg.loss, trainer.cfg.model.layers[-1].activation)
-        initial = loss_obj.forward(out.z, out.a.copy(), yb) if rows else math.nan
+        initial = loss_obj.forward(out.z, out.a, yb) if rows else math.nan  # fused losses fill `a`
         layers = []
         for layer in model.layers:
             b = layer.buf

@@ -55,5 +55,10 @@ def tensor_stats(x: np.ndarray, *, precise: bool = False, zeros: bool = False,
     std = float(flat.std(dtype=np.float64)) if precise else math.sqrt(max(s2 / n - mean * mean, 0.0))
     norm = math.sqrt(s2) if not nonfinite else math.inf
     zero = 1.0 - np.count_nonzero(flat) / n if zeros else None
-    sat = saturated_fraction(x, saturation) if saturation else None
+    sat = None
+    if saturation:  # over the finite entries, like every other statistic
+        sat_in = x
+        if nonfinite:
+            sat_in = x[np.isfinite(x).all(axis=1)] if saturation == "softmax" and x.ndim == 2 else flat
+        sat = saturated_fraction(sat_in, saturation)
     return (mean, std, mn, mx, max(-mn, mx), norm, nonfinite, sat, zero, ratio)

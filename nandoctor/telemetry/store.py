@@ -59,7 +59,8 @@ class RunWriter:
         self.last_commit = time.monotonic()
         self._steps: list[tuple] = []
         self._stats: list[tuple] = []
-        self.set_meta(schema_version=SCHEMA_VERSION)
+        self.set_meta(schema_version=SCHEMA_VERSION, status="running")
+        self.commit()  # a reader polling from the first instant finds a valid (empty) run
 
     def set_meta(self, **items: Any) -> None:
         self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
