@@ -164,13 +164,14 @@ def _layer_facts(run: Run) -> list[LayerFacts]:
     n = run.n_layers
     for i, info in enumerate(run.layers):
         p = pre_layers.get(i, {})
+        init_std = math.nan if info["init_std"] is None else float(info["init_std"])
         sat = run.stat("activation", "saturated")[:, i]
         gn = run.stat("grad_weight", "norm")[:, i]
         ratio = run.stat("update", "ratio")[:, i]
         wn = run.stat("weight", "norm")[:, i]
         out.append(LayerFacts(
             index=i, path=f"model.layers.{i}", activation=info["activation"], fan_in=info["fan_in"],
-            fan_out=info["fan_out"], init=info["init"], init_std=info["init_std"] or math.nan, hidden=i < n - 1,
+            fan_out=info["fan_out"], init=info["init"], init_std=init_std, hidden=i < n - 1,
             saturated=_nanmedian(sat),
             saturated_early=math.nan if p.get("saturated") is None else p["saturated"],
             act_std_initial=math.nan if p.get("activation_std") is None else p["activation_std"],

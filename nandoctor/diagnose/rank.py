@@ -34,13 +34,17 @@ def rank(findings: list[Finding]) -> list[Finding]:
             symptom = present.get(sid)
             if symptom is None or symptom.explained_by or symptom is root or _explains(sid, root.id):
                 continue
-            symptom.explained_by = root.id
-            symptom.score = min(symptom.score, max(0.0, root.score - DEMOTED_GAP))
             if SEVERITIES.index(symptom.severity) > SEVERITIES.index(root.severity):
-                symptom.severity = root.severity
+                continue  # a warning cannot account for an error; severities are never lowered
+            symptom.explained_by = root.id
             if symptom.evidence:
                 root.evidence.append(f"explains {symptom.id}: {symptom.evidence[0]}")
             symptom.evidence.insert(0, f"a symptom of {root.id}")
+    for _ in findings:  # symptoms of symptoms: keep every symptom below its root, down the chain
+        for f in findings:
+            root = present.get(f.explained_by)
+            if root is not None and f.score > root.score - DEMOTED_GAP:
+                f.score = max(0.0, root.score - DEMOTED_GAP)
     return sorted(findings, key=_key, reverse=True)
 
 

@@ -30,7 +30,7 @@ def _problems(f: Facts) -> list[tuple[str, dict, float]]:
         if loss in ("mse", "mae", "huber") and n_classes > 2 and act in ("sigmoid", "softmax"):
             found.append((f"{act} output with {loss} on {n_classes} classes: the gradient vanishes when the "
                           f"output saturates and the loss does not model class probabilities",
-                          {"loss.name": "cross_entropy", f"{last}.activation": "softmax"}, 0.8))
+                          {"loss.name": "cross_entropy", f"{last}.activation": "softmax"}, 0.5))
         if loss in ("mse", "mae", "huber") and units > 1 and units != n_classes:
             found.append((f"{units} output units for {n_classes} one-hot classes",
                           {f"{last}.units": n_classes}, 0.9))
