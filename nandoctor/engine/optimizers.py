@@ -35,6 +35,15 @@ class Optimizer:
         return {k: v for k, v in vars(self).items() if isinstance(v, np.ndarray) and k not in ("params", "tmp")}
 
 
+def _scaled(g: np.ndarray, acc: np.ndarray, eps: float, lr: float, out: np.ndarray) -> np.ndarray:
+    """out = -lr g / (sqrt(acc) + eps): the step of the optimizers that divide by a running g^2."""
+    np.sqrt(acc, out=out)
+    out += eps
+    np.divide(g, out, out=out)
+    out *= -lr
+    return out
+
+
 class SGD(Optimizer):
     """u = -lr g."""
 
@@ -89,11 +98,7 @@ class RMSprop(Optimizer):
         np.multiply(g, g, out=out)
         out *= 1 - self.alpha
         self.v += out
-        np.sqrt(self.v, out=out)
-        out += self.cfg.eps
-        np.divide(g, out, out=out)
-        out *= -lr
-        return out
+        return _scaled(g, self.v, self.cfg.eps, lr, out)
 
 
 class Adagrad(Optimizer):
@@ -108,11 +113,7 @@ class Adagrad(Optimizer):
     def _step(self, g, lr, out):
         np.multiply(g, g, out=out)
         self.s += out
-        np.sqrt(self.s, out=out)
-        out += self.cfg.eps
-        np.divide(g, out, out=out)
-        out *= -lr
-        return out
+        return _scaled(g, self.s, self.cfg.eps, lr, out)
 
 
 class Adam(Optimizer):
