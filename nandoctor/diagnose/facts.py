@@ -15,8 +15,10 @@ import numpy as np
 from nandoctor.config import Config
 from nandoctor.telemetry.reader import Run
 
-STALL_PROGRESS = 0.1  # a run that cut less than 10 % off its starting loss did not learn
-METRIC_MARGIN = 0.1  # ... unless its accuracy is clearly above the majority class
+STALL_PROGRESS = 0.1  # a run that cut less than 10 % off its starting loss barely moved
+LEARNED_SHARE = 0.4  # share of the way from chance accuracy to 1 that counts as learning
+LEARNED_R2 = 0.5
+LOSS_ABOVE_CHANCE = 1.2
 
 
 def _nanmedian(x: np.ndarray) -> float:
@@ -58,6 +60,7 @@ class LayerFacts:
     grad_norm_initial: float
     update_ratio: float  # median |update| / |W|
     update_ratio_max: float
+    update_ratio_initial: float  # at the first sampled step, before training changed anything
     pre_abs_max: float  # largest |pre-activation| seen
     pre_std_initial: float
     weight_norm_initial: float
@@ -77,8 +80,9 @@ class Facts:
     final_loss: float
     best_loss: float
     progress: float  # (reference - final) / reference, reference = max(initial, chance)
-    stalled: bool
-    failed: bool  # diverged, or stalled and not clearly better than chance on the metric
+    stalled: bool  # the loss barely moved (less than 10 % off its start)
+    failed: bool  # diverged, or did not learn
+    learned: bool  # clearly better than chance (see _learned)
     rising: bool  # loss at the end clearly above its start
     increase_share: float  # share of steps whose loss rose
     spikes: int
@@ -116,17 +120,15 @@ def build_facts(run: Run) -> Facts:
     diverged = run.status == "diverged" or (fn is not None and not run.steps["ok"].all())
     task, n_classes = run.profile.get("task"), run.profile.get("n_classes")
     metric, chance_metric = _metrics(run, task)
-    clearly_learned = (task == "classification" and math.isfinite(metric)
-                       and metric > chance_metric + METRIC_MARGIN) or \
-                      (task == "regression" and math.isfinite(metric) and metric > 0.5)
-    stalled = (not diverged and math.isfinite(progress) and progress < STALL_PROGRESS and not clearly_learned) or \
-              (not diverged and math.isfinite(metric) and not clearly_learned and len(run.epochs) >= 3)
+    per_sample = final / _sum_batch(run) if math.isfinite(final) else final
+    learned = _learned(task, metric, chance_metric, per_sample, chance, progress)
+    stalled = not diverged and math.isfinite(progress) and progress < STALL_PROGRESS
     inc = np.diff(finite)
     facts = Facts(
         run=run, cfg=cfg, status=run.status, first_nonfinite=fn, diverged=diverged, steps=len(loss),
         initial_loss=initial, chance_loss=chance, final_loss=final,
         best_loss=float(finite.min()) if finite.size else math.nan, progress=progress,
-        stalled=stalled, failed=diverged or stalled,
+        stalled=stalled, failed=diverged or not learned, learned=learned,
         rising=math.isfinite(final) and math.isfinite(initial) and final > 1.5 * initial,
         increase_share=float(np.mean(inc > 0)) if inc.size else math.nan,
         spikes=sum(1 for e in run.events if e["kind"] == "loss_spike"),
@@ -140,6 +142,30 @@ def build_facts(run: Run) -> Facts:
         early = float(np.median(g[:q]))
         facts.grad_growth = float(np.median(g[-q:])) / early if early > 0 else math.nan
     return facts
+
+
+def _learned(task: str | None, metric: float, chance_metric: float, loss: float, chance_loss: float,
+             progress: float) -> bool:
+    """Clearly better than knowing nothing. Healthy development-corpus runs end at least 56 % of the
+    way from chance accuracy to 1 (R^2 >= 0.81); runs that did not learn end near chance, so the line
+    sits at 40 % (R^2 0.5). A loss that ends above the chance level is never learning."""
+    if math.isfinite(chance_loss) and math.isfinite(loss) and loss > LOSS_ABOVE_CHANCE * chance_loss:
+        return False
+    if task == "classification" and math.isfinite(metric) and math.isfinite(chance_metric) and chance_metric < 1:
+        return (metric - chance_metric) / (1 - chance_metric) >= LEARNED_SHARE
+    if task == "regression" and math.isfinite(metric):
+        return metric >= LEARNED_R2
+    if math.isfinite(chance_loss) and math.isfinite(loss):
+        return loss < 0.8 * chance_loss
+    return math.isfinite(progress) and progress >= STALL_PROGRESS
+
+
+def _sum_batch(run: Run) -> float:
+    """Batch size when the loss is summed over the batch (to compare it with a per-sample chance level)."""
+    cfg = run.config
+    if cfg is not None and cfg.loss.reduction == "sum":
+        return float(run.meta.get("batch_size") or 1)
+    return 1.0
 
 
 def _metrics(run: Run, task: str | None) -> tuple[float, float]:
@@ -177,7 +203,7 @@ def _layer_facts(run: Run) -> list[LayerFacts]:
             act_std_initial=math.nan if p.get("activation_std") is None else p["activation_std"],
             zero=_nanmedian(run.stat("activation", "zero")[:, i]), dead=dead.get(i, math.nan),
             grad_norm=_nanmedian(gn), grad_norm_initial=_first_finite(gn),
-            update_ratio=_nanmedian(ratio), update_ratio_max=_nanmax(ratio),
+            update_ratio=_nanmedian(ratio), update_ratio_max=_nanmax(ratio), update_ratio_initial=_first_finite(ratio),
             pre_abs_max=_nanmax(run.stat("pre_activation", "abs_max")[:, i]),
             pre_std_initial=math.nan if p.get("pre_activation_std") is None else p["pre_activation_std"],
             weight_norm_initial=_first_finite(wn), weight_norm_final=_last_finite(wn)))

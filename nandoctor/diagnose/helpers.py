@@ -21,11 +21,6 @@ def pct(x: float) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.0f} %"
 
 
-def harm_severity(facts: Facts) -> str:
-    """error when the run failed (diverged or did not learn), warning otherwise."""
-    return "error" if facts.failed else "warning"
-
-
 def round_lr(lr: float) -> float:
     """One significant digit: 0.0123 -> 0.01."""
     if lr <= 0 or not math.isfinite(lr):

@@ -59,7 +59,7 @@ def check(f: Facts):
     patch = {f"{lf.path}.init": matching_init(lf.activation) for lf in off}
     fix = config_fix(f, "initialise for the activation: " + ", ".join(f"{k}: {v}" for k, v in patch.items()), patch,
                      "use He init for ReLU layers and Glorot/LeCun for tanh/sigmoid")
-    severity = "error" if f.failed and harm > 0.1 else ("warning" if harm or f.failed else "info")
+    severity = "error" if f.failed else ("warning" if harm else "info")
     return RULE.finding(severity, 0.55 + harm + (0.1 if len(off) > 1 else 0), evidence, [fix])
 
 

@@ -6,7 +6,8 @@ from nandoctor.diagnose.facts import Facts
 from nandoctor.diagnose.finding import Rule
 from nandoctor.diagnose.helpers import config_fix, g
 
-GROWTH = 100.0
+GROWTH = 100.0  # late vs early global gradient norm
+LAYER_GROWTH = 30.0  # first vs output layer gradient norm (the same line high_lr defers at)
 
 
 def check(f: Facts):
@@ -18,10 +19,14 @@ def check(f: Facts):
     if f.grad_growth > GROWTH:
         evidence.append(f"the global gradient norm grew {g(f.grad_growth)}x from the first to the last quarter "
                         f"of training")
-    norms = [lf.grad_norm for lf in f.layers]
-    if len(norms) >= 3 and all(math.isfinite(x) and x > 0 for x in norms) and norms[0] / norms[-1] > GROWTH:
-        evidence.append(f"gradients grow toward the input: |dW| {g(norms[0])} in layer 0 vs {g(norms[-1])} in "
-                        f"the output layer")
+    specific = 0.0
+    for label, norms in (("at the first step", [lf.grad_norm_initial for lf in f.layers]),
+                         ("during training", [lf.grad_norm for lf in f.layers])):
+        if len(norms) >= 3 and all(math.isfinite(x) and x > 0 for x in norms) and norms[0] / norms[-1] > LAYER_GROWTH:
+            evidence.append(f"gradients grow toward the input {label}: |dW| {g(norms[0])} in layer 0 vs "
+                            f"{g(norms[-1])} in the output layer ({g(norms[0] / norms[-1])}x over {len(norms)} layers)")
+            specific = 0.3
+            break
     if not evidence and not f.diverged:
         return None
     if not evidence:
@@ -29,7 +34,7 @@ def check(f: Facts):
     fix = config_fix(f, "clip the global gradient norm: optimizer.clip_norm: 1.0", {"optimizer.clip_norm": 1.0},
                      "clip the gradient norm (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))")
     failed = f.failed or f.diverged
-    return RULE.finding("error" if failed else "warning", 0.45 if failed else 0.25, evidence, [fix])
+    return RULE.finding("error" if failed else "warning", (0.45 if failed else 0.25) + specific, evidence, [fix])
 
 
 RULE = Rule(

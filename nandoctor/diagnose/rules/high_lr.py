@@ -9,7 +9,9 @@ from nandoctor.diagnose.helpers import config_fix, current_lr, g, round_lr
 RATIO_HIGH = 0.03  # update/weight ratio; healthy SGD/Adam runs sit near 1e-3 to 1e-2
 TARGET_RATIO = 3e-3
 WEIGHT_GROWTH = 10.0
-LAYER_GROWTH = 100.0  # first vs output layer gradient norm
+LAYER_GROWTH = 30.0  # first vs output layer gradient norm at the first step
+OSCILLATION_RATIO = 0.05
+STALL_RATIO = 0.3
 
 
 def check(f: Facts):
@@ -24,14 +26,16 @@ def check(f: Facts):
         symptoms.append(f"training diverged at step {(f.first_nonfinite or {}).get('step')}")
     if f.rising:
         symptoms.append(f"the loss rose from {g(f.initial_loss)} to {g(f.final_loss)}")
-    if f.increase_share > 0.45 and f.stalled:
+    if f.increase_share > 0.45 and not f.learned and peak > OSCILLATION_RATIO:
         symptoms.append(f"the loss rose on {f.increase_share:.0%} of steps (oscillation) without improving")
+    elif not f.learned and not f.diverged and peak > STALL_RATIO:
+        symptoms.append(f"the run stopped learning after updates {g(peak)} times the size of the weights")
     if f.spikes:
         symptoms.append(f"{f.spikes} loss spikes above 10x the running median")
     big_ratio = peak > RATIO_HIGH
-    norms = [lf.grad_norm for lf in f.layers]
+    norms = [lf.grad_norm_initial for lf in f.layers]
     layered = len(norms) >= 3 and norms[-1] > 0 and norms[0] / norms[-1] > LAYER_GROWTH
-    if layered and f.layers[-1].update_ratio_max < RATIO_HIGH:
+    if layered and not f.layers[-1].update_ratio_initial > RATIO_HIGH:
         return None  # only the layers fed by exploding gradients overshoot: not the learning rate's fault
     if not (big_ratio and symptoms) and not (f.diverged and growth > WEIGHT_GROWTH):
         return None

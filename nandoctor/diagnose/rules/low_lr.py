@@ -7,18 +7,24 @@ from nandoctor.diagnose.finding import Fix, Rule
 from nandoctor.diagnose.helpers import config_fix, current_lr, g, round_lr
 
 RATIO_LOW = 1e-4
+RATIO_ONCE_LARGE = 1e-2
+GRAD_ZERO = 1e-12
 TARGET_RATIO = 1e-3
 
 
 def check(f: Facts):
-    if f.diverged or not f.stalled:
+    if f.diverged or f.learned:
         return None
     medians = [lf.update_ratio for lf in f.layers if math.isfinite(lf.update_ratio)]
     if not medians:
         return None
     typical = max(medians)
-    if typical >= RATIO_LOW:
-        return None
+    peak = max((lf.update_ratio_max for lf in f.layers if math.isfinite(lf.update_ratio_max)), default=0.0)
+    if typical >= RATIO_LOW or peak > RATIO_ONCE_LARGE:
+        return None  # steps were not small (or once were large: a high rate that then stopped learning)
+    out = f.layers[-1]
+    if not (out.grad_norm > GRAD_ZERO) or any(lf.dead > 0.5 for lf in f.hidden if lf.dead == lf.dead):
+        return None  # zero gradients (dead units, a zero-gradient output) are not fixed by a larger rate
     evidence = [f"update/weight ratio at most {g(typical)} in every layer (healthy ~1e-3): steps are too small "
                 f"to move the weights",
                 f"the loss went from {g(f.initial_loss)} to {g(f.final_loss)} in {f.steps} steps"]

@@ -24,7 +24,7 @@ def check(f: Facts):
                         ", ".join(f"layer {lf.index} |z| max {g(lf.pre_abs_max)}" for lf in big))
         score = max(score, 0.85 if f.diverged else 0.4)
     tiny = [lf for lf in f.layers if lf.update_ratio < F16_EPS]
-    if f.stalled and tiny:
+    if not f.learned and tiny:
         evidence.append("updates smaller than float16 can represent next to the weights (relative spacing "
                         f"{F16_EPS:.2g}): " + ", ".join(f"layer {lf.index} update/weight {g(lf.update_ratio)}"
                                                       for lf in tiny))

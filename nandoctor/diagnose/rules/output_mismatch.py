@@ -2,7 +2,9 @@
 
 from nandoctor.diagnose.facts import Facts
 from nandoctor.diagnose.finding import Fix, Rule
-from nandoctor.diagnose.helpers import config_fix, harm_severity
+from nandoctor.diagnose.helpers import config_fix
+
+STRUCTURAL = 0.9
 
 
 def _problems(f: Facts) -> list[tuple[str, dict, float]]:
@@ -58,7 +60,9 @@ def check(f: Facts):
     summary = "make output and loss agree: " + ", ".join(f"{k}: {v}" for k, v in patch.items())
     weight = max(w for _, _, w in found)
     fixes = [config_fix(f, summary, patch)] if f.cfg else [Fix(summary, None)]
-    return RULE.finding(harm_severity(f), 0.6 + 0.3 * weight if f.failed else 0.4 * weight, evidence, fixes)
+    structural = weight >= STRUCTURAL  # the loss reads something that is not a probability, or labels overflow
+    severity = "error" if f.failed or structural else "warning"
+    return RULE.finding(severity, 0.6 + 0.3 * weight if f.failed or structural else 0.4 * weight, evidence, fixes)
 
 
 RULE = Rule(

@@ -6,7 +6,8 @@ from nandoctor.diagnose.helpers import config_fix, g, hidden_activation_patch, p
 
 SATURATED = 0.5  # share of a layer's outputs within 1 % of the limits
 GRAD_SHRINK = 1e-2  # first-layer vs last-layer gradient norm in a deep sigmoid/tanh stack
-PARTLY = 0.1  # a layer must be at least partly saturated for its vanishing gradient to count here
+PARTLY = 0.1  # a tanh layer must be partly saturated for its vanishing gradient to count here (a sigmoid's
+#              slope is at most 1/4 anywhere, so a sigmoid stack always squashes the backward signal)
 
 
 def check(f: Facts):
@@ -18,11 +19,11 @@ def check(f: Facts):
                 f"during training, {pct(lf.saturated_early)} at step 0 (healthy < ~10 %)" for lf in pinned]
     out = f.layers[-1]
     shrink = [lf for lf in squashing if out.grad_norm > 0 and lf.grad_norm / out.grad_norm < GRAD_SHRINK
-              and max(lf.saturated, lf.saturated_early, key=_num) > PARTLY]
+              and (lf.activation == "sigmoid" or max(lf.saturated, lf.saturated_early, key=_num) > PARTLY)]
     if shrink and len(squashing) >= 2:
-        evidence.append("gradients vanish through the saturated stack: " + ", ".join(
+        evidence.append("gradients vanish through the squashing stack: " + ", ".join(
             f"layer {lf.index} |dW| {g(lf.grad_norm)}" for lf in shrink) + f" vs output layer {g(out.grad_norm)}")
-    if not pinned and not (shrink and len(squashing) >= 3 and f.failed):
+    if not pinned and not (shrink and len(squashing) >= 2 and f.failed):
         return None
     if f.failed:
         evidence.append(f"the loss went from {g(f.initial_loss)} to {g(f.final_loss)}"

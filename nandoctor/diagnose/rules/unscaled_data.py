@@ -4,11 +4,12 @@ import math
 
 from nandoctor.diagnose.facts import Facts
 from nandoctor.diagnose.finding import Rule
-from nandoctor.diagnose.helpers import config_fix, g, harm_severity, pct
+from nandoctor.diagnose.helpers import config_fix, g, pct
 
 ABS_MAX = 50.0  # standardized data rarely exceeds |x| ~ 6; min-max data stays within 1
 STD_MAX = 10.0
 STD_RATIO = 1000.0
+EXTREME = 20.0  # so far out of scale that it is an error even when the run still learned something
 PRE_STD = 10.0  # first-layer pre-activation std at init; ~1 for a well-scaled input and init
 
 
@@ -40,7 +41,9 @@ def check(f: Facts):
     score = min(0.55 + 0.1 * min(math.log10(scale), 2.0) + min(harm, 0.2), 0.95)
     fix = config_fix(f, "standardize the inputs (statistics of the training split): data.preprocess: standardize",
                      {"data.preprocess": "standardize"}, "standardize the inputs: (x - mean) / std per feature")
-    return RULE.finding(harm_severity(f) if harm > 0.1 else "warning", score, evidence, [fix])
+    extreme = f.input_abs_max > EXTREME * ABS_MAX or (unequal and f.input_std_ratio > EXTREME * STD_RATIO)
+    severity = "error" if f.failed or extreme else "warning"
+    return RULE.finding(severity, score, evidence, [fix])
 
 
 RULE = Rule(

@@ -20,12 +20,15 @@ def check(f: Facts):
         return None
     evidence = ["gradients shrink toward the input: " + ", ".join(
         f"layer {lf.index} |dW| {g(lf.grad_norm)}" for lf in low) + f" vs output layer {g(out)}"]
-    if f.stalled:
-        evidence.append(f"the loss barely moved: {g(f.initial_loss)} -> {g(f.final_loss)}")
+    if not f.learned:
+        evidence.append(f"the run did not learn: loss {g(f.initial_loss)} -> {g(f.final_loss)}")
     patch = {f"{lf.path}.norm": "batch" for lf in f.hidden}
     fix = config_fix(f, "normalise the hidden layers: " + ", ".join(f"{k}: {v}" for k, v in patch.items()), patch,
                      "add batch norm to the hidden layers, or use ReLU with He init")
-    return RULE.finding("error" if f.failed else "warning", 0.45 if f.failed else 0.25, evidence, [fix])
+    worst = min(lf.grad_norm / out for lf in low)
+    strength = min(math.log10(SHRINK / max(worst, 1e-30)), 3.0) / 3.0  # 0 at 1e-3, 1 at 1e-6 and below
+    return RULE.finding("error" if f.failed else "warning", (0.5 + 0.25 * strength) if f.failed else 0.25,
+                        evidence, [fix])
 
 
 RULE = Rule(
