@@ -96,6 +96,7 @@ class Facts:
     input_std_ratio: float = math.nan
     input_nonfinite: int = 0
     grad_growth: float = math.nan  # late / early median global gradient norm
+    grad_norm_first: float = math.nan  # global gradient norm at step 1
 
     @property
     def hidden(self) -> list[LayerFacts]:
@@ -137,6 +138,8 @@ def build_facts(run: Run) -> Facts:
     _input_facts(facts, run.profile)
     g = run.steps["grad_norm"]
     g = g[np.isfinite(g)]
+    if g.size:
+        facts.grad_norm_first = float(g[0])
     if g.size >= 8:
         q = max(1, g.size // 4)
         early = float(np.median(g[:q]))

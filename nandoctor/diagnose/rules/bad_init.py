@@ -8,12 +8,21 @@ from nandoctor.diagnose.helpers import RELU_LIKE, config_fix, g, matching_init
 
 TOO_LARGE = 4.0  # x the std that keeps activations at unit scale
 TOO_SMALL = 0.2
-COMPOUND = 30.0  # growth of the activation std from the first to the last hidden layer at init
+PER_LAYER_GROWTH = 1.8  # geometric-mean growth of the activation std per hidden layer at init: each
+#                        layer nearly doubling the signal is the init's fault; milder growth that only
+#                        compounds over many layers is left to exploding_gradients
 
 
 def expected_std(lf: LayerFacts) -> float:
     """He for ReLU-like units (sqrt(2/fan_in)), LeCun otherwise (sqrt(1/fan_in))."""
     return math.sqrt((2.0 if lf.activation in RELU_LIKE else 1.0) / lf.fan_in)
+
+
+def accepted_range(lf: LayerFacts) -> tuple[float, float]:
+    """The stds the standard schemes give this layer (Glorot, LeCun, He): anything between them is a
+    reasonable choice; only a scale well outside all of them is a bad init."""
+    stds = (math.sqrt(2.0 / (lf.fan_in + lf.fan_out)), math.sqrt(1.0 / lf.fan_in), math.sqrt(2.0 / lf.fan_in))
+    return min(stds), max(stds)
 
 
 def check(f: Facts):
@@ -23,12 +32,13 @@ def check(f: Facts):
             continue
         want = expected_std(lf)
         q = lf.init_std / want
+        lo, hi = accepted_range(lf)
         if lf.init_std == 0 or lf.init in ("constant", "zeros"):
             if lf.fan_out > 1:
                 evidence.append(f"layer {lf.index} ({lf.path}) starts with all weights equal ({lf.init}): its "
                                 f"{lf.fan_out} units compute the same thing and get the same update forever")
                 off.append(lf)
-        elif q > TOO_LARGE or (q < TOO_SMALL and len(f.layers) > 2):
+        elif lf.init_std > TOO_LARGE * hi or (lf.init_std < TOO_SMALL * lo and len(f.layers) > 2):
             evidence.append(f"layer {lf.index} ({lf.path}) initial weight std {g(lf.init_std)} is {g(q)}x the "
                             f"{g(want)} that suits fan-in {lf.fan_in} and {lf.activation}")
             off.append(lf)
@@ -37,9 +47,10 @@ def check(f: Facts):
     if len(hidden) >= 2:
         first, last = hidden[0].act_std_initial, hidden[-1].act_std_initial
         drift = None
-        if last < 1e-3 * max(first, 1e-30) or last < 1e-4:
+        dead = any(lf.zero > 0.9 for lf in hidden)  # zeros from dead ReLUs are dead_relu's, not a scale
+        if (last < 1e-3 * max(first, 1e-30) or last < 1e-4) and not dead:
             drift = "shrink"
-        elif last > COMPOUND * max(first, 1e-30) and last > 10:
+        elif last > 10 * max(first, 1e-30) and (last / first) ** (1 / (len(hidden) - 1)) > PER_LAYER_GROWTH:
             drift = "grow"
         if drift:
             evidence.append(f"at step 0 activations {drift} from std {g(first)} in layer {hidden[0].index} to "

@@ -7,6 +7,7 @@ from nandoctor.diagnose.finding import Rule
 from nandoctor.diagnose.helpers import config_fix, g
 
 GROWTH = 100.0  # late vs early global gradient norm
+GRAD_HUGE = 100.0  # the same line high_lr defers at
 LAYER_GROWTH = 30.0  # first vs output layer gradient norm (the same line high_lr defers at)
 
 
@@ -27,6 +28,10 @@ def check(f: Facts):
                             f"{g(norms[-1])} in the output layer ({g(norms[0] / norms[-1])}x over {len(norms)} layers)")
             specific = 0.3
             break
+    if f.grad_norm_first > GRAD_HUGE and not specific:
+        evidence.append(f"the gradient norm is already {g(f.grad_norm_first)} at step 1 (standard losses at "
+                        f"initialisation give O(1))")
+        specific = 0.3
     if not evidence and not f.diverged:
         return None
     if not evidence:

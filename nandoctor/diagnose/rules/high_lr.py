@@ -11,6 +11,8 @@ TARGET_RATIO = 3e-3
 WEIGHT_GROWTH = 10.0
 LAYER_GROWTH = 30.0  # first vs output layer gradient norm at the first step
 OSCILLATION_RATIO = 0.05
+GRAD_HUGE = 100.0  # global gradient norm at step 1; standard losses at init give O(1)
+LR_SANE = 0.1
 STALL_RATIO = 0.3
 
 
@@ -37,6 +39,8 @@ def check(f: Facts):
     layered = len(norms) >= 3 and norms[-1] > 0 and norms[0] / norms[-1] > LAYER_GROWTH
     if layered and not f.layers[-1].update_ratio_initial > RATIO_HIGH:
         return None  # only the layers fed by exploding gradients overshoot: not the learning rate's fault
+    if f.grad_norm_first > GRAD_HUGE and (current_lr(f) or 0) < LR_SANE:
+        return None  # a sane rate times a gradient already huge at step 1: the gradient is the problem
     if not (big_ratio and symptoms) and not (f.diverged and growth > WEIGHT_GROWTH):
         return None
     evidence = []

@@ -5,7 +5,7 @@ from nandoctor.diagnose.finding import Rule
 from nandoctor.diagnose.helpers import config_fix, g, hidden_activation_patch, pct
 
 SATURATED = 0.5  # share of a layer's outputs within 1 % of the limits
-GRAD_SHRINK = 1e-2  # first-layer vs last-layer gradient norm in a deep sigmoid/tanh stack
+GRAD_SHRINK = 5e-2  # first-layer vs last-layer gradient norm in a deep sigmoid/tanh stack
 PARTLY = 0.1  # a tanh layer must be partly saturated for its vanishing gradient to count here (a sigmoid's
 #              slope is at most 1/4 anywhere, so a sigmoid stack always squashes the backward signal)
 
