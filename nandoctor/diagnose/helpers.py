@@ -29,6 +29,21 @@ def round_lr(lr: float) -> float:
     return float(f"{round(lr / 10**exp) * 10**exp:.1g}")
 
 
+# The top of the usual learning-rate range per optimizer: past it a divergence is the rate's doing;
+# below it, in a deep network, the gradients are what blew up.
+SANE_LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 0.01, "adagrad": 0.1, "adam": 0.01,
+           "adamw": 0.01}
+DEEP = 6  # layers
+
+
+def sane_deep_divergence(facts: Facts) -> bool:
+    """A deep network diverged at a learning rate inside the usual range."""
+    cfg = facts.cfg
+    if cfg is None or not facts.diverged or len(facts.layers) < DEEP:
+        return False
+    return cfg.optimizer.lr <= SANE_LR.get(cfg.optimizer.name, 0.01)
+
+
 def current_lr(facts: Facts) -> float | None:
     return facts.cfg.optimizer.lr if facts.cfg else None
 

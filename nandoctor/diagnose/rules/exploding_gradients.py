@@ -4,7 +4,7 @@ import math
 
 from nandoctor.diagnose.facts import Facts
 from nandoctor.diagnose.finding import Rule
-from nandoctor.diagnose.helpers import config_fix, g
+from nandoctor.diagnose.helpers import config_fix, g, sane_deep_divergence
 
 GROWTH = 100.0  # late vs early global gradient norm
 GRAD_HUGE = 100.0  # the same line high_lr defers at
@@ -31,6 +31,10 @@ def check(f: Facts):
     if f.grad_norm_first > GRAD_HUGE and not specific:
         evidence.append(f"the gradient norm is already {g(f.grad_norm_first)} at step 1 (standard losses at "
                         f"initialisation give O(1))")
+        specific = 0.3
+    if sane_deep_divergence(f) and not specific:
+        evidence.append(f"a {len(f.layers)}-layer network diverged at a learning rate inside the usual range "
+                        f"({f.cfg.optimizer.name} lr {g(f.cfg.optimizer.lr)}): the gradients, not the rate, blew up")
         specific = 0.3
     if not evidence and not f.diverged:
         return None

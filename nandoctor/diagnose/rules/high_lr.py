@@ -4,7 +4,7 @@ import math
 
 from nandoctor.diagnose.facts import Facts
 from nandoctor.diagnose.finding import Fix, Rule
-from nandoctor.diagnose.helpers import config_fix, current_lr, g, round_lr
+from nandoctor.diagnose.helpers import config_fix, current_lr, g, round_lr, sane_deep_divergence
 
 RATIO_HIGH = 0.03  # update/weight ratio; healthy SGD/Adam runs sit near 1e-3 to 1e-2
 TARGET_RATIO = 3e-3
@@ -41,6 +41,8 @@ def check(f: Facts):
         return None  # only the layers fed by exploding gradients overshoot: not the learning rate's fault
     if f.grad_norm_first > GRAD_HUGE and (current_lr(f) or 0) < LR_SANE:
         return None  # a sane rate times a gradient already huge at step 1: the gradient is the problem
+    if sane_deep_divergence(f):
+        return None  # a usual rate in a deep stack: exploding_gradients says why
     if not (big_ratio and symptoms) and not (f.diverged and growth > WEIGHT_GROWTH):
         return None
     evidence = []

@@ -6,7 +6,7 @@ from nandoctor.diagnose.facts import Facts
 from nandoctor.diagnose.finding import Rule
 from nandoctor.diagnose.helpers import config_fix, g
 
-SHRINK = 1e-3  # first-layer vs output-layer gradient norm
+SHRINK = 5e-3  # first-layer vs output-layer gradient norm
 
 
 def check(f: Facts):
