@@ -112,6 +112,9 @@ def diagnose(
 
     run = load_run(run_dir)
     d = diagnose(run)
+    trouble = (d.first_nonfinite or {}).get("rank")
+    if d.ranks and trouble:  # a distributed run: chart the rank where trouble started
+        run = load_run(next(r["path"] for r in d.ranks if r["rank"] == trouble))
     if verify and d.causes:
         from nandoctor.verify import verify as verify_diagnosis
 

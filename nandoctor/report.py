@@ -41,7 +41,9 @@ def print_diagnosis(d: Diagnosis, out: Console, top: int | None = None) -> None:
     out.print(f"[dim]run:[/] {escape(d.run)}")
     fn = d.first_nonfinite
     if fn:
-        layer = "" if fn.get("layer") is None else f", layer {fn['layer']} (model.layers.{fn['layer']})"
+        where = fn.get("module") or f"model.layers.{fn.get('layer')}"  # nandoctor.torch names the module
+        layer = "" if fn.get("layer") is None else f", layer {fn['layer']} ({where})"
+        layer += f", rank {fn['rank']}" if fn.get("rank") is not None else ""
         role = f" [{fn.get('role')}]" if fn.get("role") else ""
         out.print(f"[bold]first non-finite:[/] step {fn.get('step')}, epoch {fn.get('epoch')}, phase "
                   f"{fn.get('phase')}{layer}, tensor {fn.get('tensor')}{role}")

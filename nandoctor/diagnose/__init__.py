@@ -15,12 +15,33 @@ __all__ = ["BY_ID", "RULES", "Diagnosis", "Finding", "Fix", "diagnose", "diagnos
 
 
 def diagnose(run: Run) -> Diagnosis:
+    root, ranks = run.path, merged_ranks(run)
+    if ranks is not None:
+        if ranks["rank"]:  # trouble started on another rank than 0: its record is the one to diagnose
+            run = load_run(ranks["path"])
+        run.meta["first_nonfinite"] = ranks["first_nonfinite"]
+        run.status = ranks["status"]
     facts = build_facts(run)
     findings = [f for f in (rule.check(facts) for rule in RULES) if f is not None]
     causes = rank(findings)
     healthy = not any(c.severity == "error" for c in causes)
-    return Diagnosis(run=str(run.path), status=run.status, healthy=healthy, verdict=verdict(facts, causes, healthy),
-                     first_nonfinite=run.first_nonfinite, causes=causes)
+    text = verdict(facts, causes, healthy)
+    if ranks is not None and ranks["rank"] is not None:
+        text += f" (on rank {ranks['rank']} of {ranks['world_size']})"
+    per_rank = None if ranks is None else [{k: r[k] for k in ("rank", "path", "status", "steps", "first_nonfinite")}
+                                           for r in ranks["ranks"]]
+    return Diagnosis(run=str(root), status=run.status, healthy=healthy, verdict=text,
+                     first_nonfinite=run.first_nonfinite, causes=causes, ranks=per_rank)
+
+
+def merged_ranks(run: Run) -> dict | None:
+    """A distributed run (PyTorch DDP: rank k > 0 recorded into <run>/rank<k>/): all ranks read together,
+    with the rank and step where trouble started. nandoctor.torch.ddp needs no PyTorch."""
+    if int(run.meta.get("world_size") or 1) <= 1:
+        return None
+    from nandoctor.torch.ddp import merge_ranks
+
+    return merge_ranks(run.path)
 
 
 def diagnose_dir(path: str | Path) -> Diagnosis:

@@ -199,7 +199,7 @@ def _layer_facts(run: Run) -> list[LayerFacts]:
         ratio = run.stat("update", "ratio")[:, i]
         wn = run.stat("weight", "norm")[:, i]
         out.append(LayerFacts(
-            index=i, path=f"model.layers.{i}", activation=info["activation"], fan_in=info["fan_in"],
+            index=i, path=info.get("name") or f"model.layers.{i}", activation=info["activation"], fan_in=info["fan_in"],
             fan_out=info["fan_out"], init=info["init"], init_std=init_std, hidden=i < n - 1,
             saturated=_nanmedian(sat),
             saturated_early=math.nan if p.get("saturated") is None else p["saturated"],

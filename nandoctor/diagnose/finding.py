@@ -39,12 +39,13 @@ class Diagnosis:
     first_nonfinite: dict | None
     causes: list[Finding] = field(default_factory=list)
     verification: list[dict] = field(default_factory=list)
+    ranks: list[dict] | None = None  # distributed runs: every rank's path, status, steps, first non-finite value
 
     def to_json(self, top: int | None = None) -> dict:
         causes = self.causes if top is None else self.causes[:top]
         return {"schema": 1, "run": self.run, "status": self.status, "healthy": self.healthy,
                 "verdict": self.verdict, "first_nonfinite": self.first_nonfinite,
-                "causes": [c.to_json() for c in causes]}
+                "causes": [c.to_json() for c in causes], **({"ranks": self.ranks} if self.ranks is not None else {})}
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from nandoctor.diagnose.facts import Facts, LayerFacts
 from nandoctor.diagnose.finding import Fix
 
@@ -45,7 +47,21 @@ def sane_deep_divergence(facts: Facts) -> bool:
 
 
 def current_lr(facts: Facts) -> float | None:
-    return facts.cfg.optimizer.lr if facts.cfg else None
+    """The configured learning rate, or for a run without config (PyTorch) the first one it recorded."""
+    if facts.cfg is not None:
+        return facts.cfg.optimizer.lr
+    lr = facts.run.steps["lr"]
+    lr = lr[np.isfinite(lr)]
+    return float(lr[0]) if lr.size else None
+
+
+def loss_spec(facts: Facts) -> tuple[str | None, bool | None, str | None]:
+    """(name, stable, reduction) of the loss: from the config, else from a recorder's meta["loss"]
+    (nandoctor.torch reads it from the autograd graph; None where unknown)."""
+    if facts.cfg is not None:
+        return facts.cfg.loss.name, facts.cfg.loss.stable, facts.cfg.loss.reduction
+    meta = facts.run.meta.get("loss") or {}
+    return meta.get("name"), meta.get("stable"), meta.get("reduction")
 
 
 def matching_init(activation: str) -> str:

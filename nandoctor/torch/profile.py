@@ -41,8 +41,10 @@ def _all_finite(x: torch.Tensor) -> bool:
     return math.isfinite(total) or bool(torch.isfinite(x).all())
 
 
-def _columns(x: torch.Tensor) -> torch.Tensor:
-    """(rows, features) float64 view of a batch for the statistics."""
+def _columns(x: torch.Tensor, channels_first: bool = True) -> torch.Tensor:
+    """(rows, features) float64 view of a batch for the statistics: the columns of a 2-D batch, the
+    channels of an image batch (B, C, H, W) or of a 3-D batch that feeds a convolution (B, C, L), the
+    last dim of any other 3-D batch (sequences: B, T, D)."""
     x = x.to("cpu", torch.float64)
     if x.ndim == 0:
         return x.reshape(1, 1)
@@ -50,7 +52,9 @@ def _columns(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, 1)
     if x.ndim == 2:
         return x if x.shape[1] <= MAX_FEATURES else x.reshape(-1, 1)
-    return x.transpose(0, 1).reshape(x.shape[1], -1).T  # channels as features
+    dim = 1 if channels_first or x.ndim > 3 else x.ndim - 1
+    cols = x.movedim(dim, -1).reshape(-1, x.shape[dim])
+    return cols if cols.shape[1] <= MAX_FEATURES else cols.reshape(-1, 1)
 
 
 class _Moments:
@@ -97,8 +101,10 @@ def _num(x: float) -> float | None:
 
 
 class BatchProfile:
-    def __init__(self, max_batches: int = 50, task: str | None = None, feature_names: list[str] | None = None):
+    def __init__(self, max_batches: int = 50, task: str | None = None, feature_names: list[str] | None = None,
+                 channels_first: bool = False):
         self.max_batches, self.task_hint = max_batches, task
+        self.channels_first = channels_first
         self.given_names = list(feature_names) if feature_names else None
         self.batches = 0  # batches that went into the statistics
         self.rows = 0  # rows seen in every batch
@@ -132,10 +138,10 @@ class BatchProfile:
             else:
                 cols = None
                 if profiling:
-                    cols = _columns(x).numpy()
+                    cols = _columns(x, self.channels_first).numpy()
                     self._features(cols)
                 if not _all_finite(x):  # one cheap pass
-                    cols = _columns(x).numpy() if cols is None else cols
+                    cols = _columns(x, self.channels_first).numpy() if cols is None else cols
                     per = (~np.isfinite(cols)).sum(axis=0)
                     if self.feature_bad is None or len(self.feature_bad) != len(per):
                         self.feature_bad = np.zeros(len(per), np.int64)

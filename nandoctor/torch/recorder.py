@@ -26,11 +26,12 @@ What it records, in the NumPy engine's format (nandoctor.telemetry.store):
 
 Cost. Module hooks are attached only for the forwards of sampled steps; an ordinary step runs
 PyTorch's hook-free path plus the model's own pre/post hook (its arguments and RNG state, by
-reference), `loss.item()`, a finiteness check of the small gradients (biases and norm scales: each
-sums a layer's output gradient, so a non-finite one shows there), and a few list appends. When a
-step's loss or gradients are not finite and its forward was not traced, the forward is re-run once
-with hooks (same arguments, weights and RNG state; buffers and RNG restored) to locate the producer.
-`bench/recorder_overhead.py` measures the whole: ~7 % on the MNIST-shape MLP.
+reference), `loss.item()`, a finiteness check of one small gradient (the first layer's bias
+gradient: it sums that layer's output gradient, which a NaN born anywhere in backward reaches), and
+a few list appends. When a step's loss or gradients are not finite and its
+forward was not traced, the forward is re-run once with hooks (same arguments, weights and RNG state;
+buffers and RNG restored) to locate the producer. `bench/recorder_overhead.py` measures the whole
+(6-10 % on the MNIST-shape MLP on a busy 2-CPU machine).
 
 Placement: `rec.step` must run after `loss.backward()` (it reads the gradients) and before
 `optimizer.step()` (it snapshots the weights at sampled steps so the post-step hook can measure the
@@ -188,7 +189,8 @@ class Recorder:
         self.hints = {"loss": loss, "stable": stable, "reduction": reduction, "task": task}
         self.every, self.total_steps = every, total_steps
         self.sampler = Sampler(every, total_steps, overhead if overhead is not None else math.inf)
-        self.profile = BatchProfile(profile_batches, task, feature_names)
+        conv_first = bool(self.layers) and isinstance(self.layers[0].module, nn.modules.conv._ConvNd)
+        self.profile = BatchProfile(profile_batches, task, feature_names, channels_first=conv_first)
 
         # state of the step being recorded
         self.step_no, self.epoch_no = 0, 1
@@ -248,11 +250,11 @@ class Recorder:
         # that produced a non-finite gradient from the ranks that received it through the all-reduce
         self._grad_every_step = self.world_size > 1
         self._always_hooked = self.world_size > 1  # (the same reason: a trace of every step's forward)
-        # the per-step gradient check: biases and norm scales (tiny, and each sums a layer's output gradient,
-        # so a non-finite dz shows there) plus the weights of small bias-free layers; the full global norm is
-        # taken at sampled steps, and every step with grad_norm="every" or in half precision
-        self._probe = [p for p in self._params if p.ndim <= 1] + [
-            info.weight for info in self.layers if info.bias is None and info.weight.numel() <= 65536]
+        # the per-step gradient check: the bias gradient of the first layer that has one (a bias gradient sums
+        # its layer's output gradient, and a NaN born anywhere in backward reaches the first layers:
+        # dz_{k-1} = (dz_k W_k^T) * f'(z_{k-1})); the full global norm is taken at sampled steps, and every
+        # step with grad_norm="every", in float16/bfloat16, or when no layer has a bias
+        self._probe = [info.bias for info in self.layers if info.bias is not None and info.bias.requires_grad][:1]
         self._full_norm = grad_norm == "every" or not self._probe
 
         self.writer = RunWriter(self.dir)
@@ -750,8 +752,10 @@ class Recorder:
         out = self._trace[0].out if self._trace else None
         compute = str(out.dtype).replace("torch.", "") if isinstance(out, torch.Tensor) else self.dtype
         self.writer.layers([info.row() for info in self.layers])
-        self.writer.set_meta(dtype=self.dtype, loss=self.loss_info, output_activation=self.loss_info.get("output_activation") or (
-            self.layers[last].activation if last is not None else None), batch_size=self.batch_size,
+        output_activation = self.loss_info.get("output_activation") or (
+            self.layers[last].activation if last is not None else None)
+        self.writer.set_meta(dtype=self.dtype, loss=self.loss_info, output_activation=output_activation,
+                             batch_size=self.batch_size,
             compute_dtype=compute, task=self.profile.task(), layer_modules=[
                 {"layer": i.index, "module": i.name, "type": type(i.module).__name__,
                  "activation_source": i.activation_source} for i in self.layers])

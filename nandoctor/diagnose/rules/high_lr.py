@@ -60,8 +60,9 @@ def check(f: Facts):
         measured = typical if math.isfinite(typical) and typical > 0 else peak
         factor = TARGET_RATIO / measured if math.isfinite(measured) and measured > 0 else 0.1
         new = round_lr(lr * min(max(factor, 1e-3), 0.3))
-        fixes.append(config_fix(f, f"lower optimizer.lr from {g(lr)} to {g(new)} (brings the update/weight ratio "
-                                   f"from {g(measured)} to ~{g(TARGET_RATIO)})", {"optimizer.lr": new}))
+        why = f"brings the update/weight ratio from {g(measured)} to ~{g(TARGET_RATIO)}"
+        fixes.append(config_fix(f, f"lower optimizer.lr from {g(lr)} to {g(new)} ({why})", {"optimizer.lr": new},
+                                f"lower the optimizer's learning rate from {g(lr)} to {g(new)} ({why})"))
     else:
         fixes.append(Fix("lower the learning rate about 10x", None))
     score = 0.6 + 0.1 * min(math.log10(max(peak / RATIO_HIGH, 1.0)), 2.0) + (0.1 if f.diverged else 0.0)

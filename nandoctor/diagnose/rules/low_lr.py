@@ -34,7 +34,8 @@ def check(f: Facts):
     fixes = []
     if lr is not None:
         new = round_lr(lr * min(TARGET_RATIO / max(typical, 1e-12), 1000.0))
-        fixes.append(config_fix(f, f"raise optimizer.lr from {g(lr)} to {g(new)}", {"optimizer.lr": new}))
+        fixes.append(config_fix(f, f"raise optimizer.lr from {g(lr)} to {g(new)}", {"optimizer.lr": new},
+                                f"raise the optimizer's learning rate from {g(lr)} to {g(new)}"))
     else:
         fixes.append(Fix("raise the learning rate about 10x", None))
     score = 0.7 + 0.1 * min(math.log10(RATIO_LOW / max(typical, 1e-12)), 2.0)

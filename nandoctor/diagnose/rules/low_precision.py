@@ -9,7 +9,7 @@ F16_EPS = 2.0**-11  # half the spacing at 1.0: smaller relative updates round aw
 
 
 def check(f: Facts):
-    if str(f.run.meta.get("dtype")) != "float16":
+    if "float16" not in (str(f.run.meta.get("dtype")), str(f.run.meta.get("compute_dtype"))):
         return None
     fn = f.first_nonfinite or {}
     detail = str(fn.get("detail", ""))

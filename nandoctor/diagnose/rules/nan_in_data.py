@@ -21,7 +21,7 @@ def check(f: Facts):
     if target_bad:
         evidence.append(f"{target_bad} non-finite target values")
     if data_event:
-        evidence.append(f"step 0, phase data: {fn.get('detail')}")
+        evidence.append(f"step {fn.get('step')}, phase data: {fn.get('detail')}")
     loss_ok = f.run.steps["ok"]
     if loss_ok.size and not loss_ok.all():
         first = int(f.run.steps["step"][~loss_ok][0])

@@ -2,18 +2,19 @@
 
 from nandoctor.diagnose.facts import Facts
 from nandoctor.diagnose.finding import Fix, Rule
-from nandoctor.diagnose.helpers import config_fix
+from nandoctor.diagnose.helpers import config_fix, loss_spec
 
 STRUCTURAL = 0.9
 
 
 def _problems(f: Facts) -> list[tuple[str, dict, float]]:
     """(evidence, patch, weight) for every mismatch found."""
-    cfg, out = f.cfg, f.layers[-1] if f.layers else None
-    if cfg is None or out is None:
+    out = f.layers[-1] if f.layers else None
+    loss = loss_spec(f)[0]
+    if out is None or loss not in ("cross_entropy", "binary_cross_entropy", "mse", "mae", "huber"):
         return []
     last = f"model.layers.{out.index}"
-    loss, act, units, n_classes = cfg.loss.name, out.activation, out.fan_out, f.n_classes
+    act, units, n_classes = out.activation, out.fan_out, f.n_classes
     found = []
     if f.task == "classification" and n_classes:
         if loss == "cross_entropy" and units < n_classes:

@@ -2,30 +2,33 @@
 
 from nandoctor.diagnose.facts import Facts
 from nandoctor.diagnose.finding import Rule
-from nandoctor.diagnose.helpers import config_fix, g
+from nandoctor.diagnose.helpers import config_fix, g, loss_spec
 
 
 def check(f: Facts):
-    cfg = f.cfg
-    if cfg is None or cfg.loss.stable or cfg.loss.name not in ("cross_entropy", "binary_cross_entropy"):
+    name, stable, _ = loss_spec(f)
+    if stable is not False or name not in ("cross_entropy", "binary_cross_entropy"):
         return None
+    what = (f"loss.stable is false: {name} is the textbook formula on probabilities" if f.cfg is not None else
+            f"the loss is the textbook {name} on probabilities (log of a softmax/sigmoid output, read from "
+            f"the autograd graph)")
     fn = f.first_nonfinite or {}
     fix = config_fix(f, "compute the loss from the logits: loss.stable: true", {"loss.stable": True},
                      "use the fused loss on logits (log-softmax / BCE-with-logits) instead of log(p)")
     if fn.get("phase") == "loss":
         evidence = [f"the loss went non-finite at step {fn.get('step')} (epoch {fn.get('epoch')}) while every "
                     f"forward value was finite: {fn.get('detail')}",
-                    f"loss.stable is false: {cfg.loss.name} is the textbook formula on probabilities"]
+                    what]
         before = f.run.steps["loss"][: max(0, int(fn.get("step", 1)) - 1)]
         finite = before[before == before]
         if finite.size > 1:
             evidence.append(f"until then the loss fell from {g(finite[0])} to {g(finite[-1])}: nothing else was wrong")
         return RULE.finding("error", 0.95, evidence, [fix])
     if f.diverged:
-        return RULE.finding("warning", 0.3, [f"loss.stable is false and the run diverged at step {fn.get('step')} "
+        return RULE.finding("warning", 0.3, [f"{what}, and the run diverged at step {fn.get('step')} "
                                               f"(first non-finite in phase {fn.get('phase')})"], [fix])
-    return RULE.finding("info", 0.1, ["loss.stable is false: log(0) or exp overflow can appear once the "
-                                      "network becomes confident"], [fix])
+    return RULE.finding("info", 0.1, [f"{what}: log(0) or exp overflow can appear once the network "
+                                      "becomes confident"], [fix])
 
 
 RULE = Rule(
