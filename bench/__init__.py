@@ -34,4 +34,12 @@ SECTIONS: tuple[Section, ...] = (
             "float32 MLP training steps/s, nandoctor vs PyTorch CPU (interleaved), and % of the GEMM rate"),
     Section("profile", "bench.engine_profile",
             "where one engine step's time goes: GEMM vs elementwise vs Python, numpy calls per step"),
+    Section("recorder", "bench.recorder_overhead",
+            "nandoctor.torch.Recorder's cost on a PyTorch MNIST-shape MLP loop at default settings (target <= 10 %)"),
+    Section("telemetry", "bench.telemetry_overhead",
+            "telemetry cost against the bare engine step, at monitor.every auto and 1 (targets 5 % / 15 %)"),
+    Section("diagnoser", "bench.diagnoser_accuracy",
+            "diagnoser top-1 accuracy per cause and false alarms on healthy bases (dev corpus)"),
+    Section("configs", "bench.configs_check",
+            "shipped configs: top-1 with and without --verify, repaired rate, wall times"),
 )

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console()
     if not console.is_terminal:  # piped or captured: do not wrap the tables at 80 columns
-        console.width = 150
+        console.width = 170
     console.print(f"[bold]nandoctor bench[/] {'(quick) ' if args.quick else ''}- Python {platform.python_version()}, "
                   f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
     for note in notes:

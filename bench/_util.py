@@ -142,6 +142,23 @@ def torch_step(shape: Shape, threads: int) -> Callable[[int], None] | None:
     return step
 
 
+def gemm_floor_step(trainer) -> Callable[[int], None]:
+    """The trainer's own matmuls alone (forward x@W, backward x.T@dz and dz@W.T) on its buffers, as left by
+    its last step: the time a step would take if everything but the GEMMs were free."""
+    calls = []
+    for i, layer in enumerate(trainer.model.layers):
+        s = layer.buf
+        calls += [(s.x, layer.W, s.lin), (s.x.T, s.dz_used, layer.dW)]
+        if i > 0:
+            calls.append((s.dz_used, layer.W.T, s.dx))
+
+    def step(i: int) -> None:
+        for a, b, out in calls:
+            np.matmul(a, b, out=out)
+
+    return step
+
+
 # ---- GEMM ceiling ----------------------------------------------------------------------------------
 
 def gemm_step(m: int = 256, k: int = 1000, n: int = 1000) -> tuple[Callable[[int], None], int]:
@@ -249,3 +266,39 @@ def fmt_rate(x: float) -> str:
     if x >= 100:
         return f"{x:,.0f}"
     return f"{x:.3g}" if x < 10 else f"{x:.1f}"
+
+
+class CpuWatch:
+    """How busy other processes kept the CPUs while this one ran (Linux /proc; None elsewhere)."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+        self.t0 = time.perf_counter()
+
+    @staticmethod
+    def _read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+            with open("/proc/self/stat") as f:
+                own = f.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return None
+        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+        return busy, int(own[11]) + int(own[12])  # utime + stime, all threads
+
+    def others(self) -> float | None:
+        """Fraction of all CPUs' time used by other processes since construction."""
+        end = self._read()
+        if self.start is None or end is None:
+            return None
+        ticks = os.sysconf("SC_CLK_TCK") * (time.perf_counter() - self.t0) * (os.cpu_count() or 1)
+        return max(0.0, ((end[0] - self.start[0]) - (end[1] - self.start[1])) / ticks)
+
+    def note(self) -> str:
+        frac = self.others()
+        if frac is None:
+            return ""
+        color = "green" if frac < 0.05 else "yellow" if frac < 0.25 else "red"
+        return (f"[{color}]other processes used {100 * frac:.0f} % of the CPUs during this section"
+                f"{'' if frac < 0.05 else ': numbers are disturbed, rerun on a quiet machine'}[/]")

@@ -1,48 +1,59 @@
 """Engine profile: where one bare `Trainer.train_step` spends its time, for each benchmark shape.
 
-Three measurements per shape, none of which changes the engine:
+Nothing in the engine is changed. Per shape:
 
-* step: the plain step's time (best of short blocks, as in the speed section).
-* GEMM floor: the step's own matmuls alone (same operands, layouts and out= buffers, read off the layers
-  after a step), i.e. what the step would cost if everything else were free.
-* numpy op census: the same step on arrays viewed as a probing ndarray subclass, whose
-  `__array_ufunc__` / `__array_function__` / `__getitem__` / `__setitem__` count every numpy call
-  (operators and methods included: `a += b`, `z > 0`, `x.sum()`, fancy indexing) and time the call
-  itself on the plain arrays. Calls on no array (np.arange) and numpy-scalar arithmetic are not seen.
-  What the census does not account for of the plain step time is Python: the interpreter running the
-  engine's code, attribute look-ups, argument handling, temporaries' Python objects.
+1. Census: one step runs on arrays viewed as `Probe`, an ndarray subclass whose `__array_ufunc__`,
+   `__array_function__`, `__getitem__` and `__setitem__` see every numpy call the step makes
+   (operators and methods included: `a += b`, `z > 0`, `x.sum()`, fancy indexing), record it with
+   its plain-array operands, and time it. Calls on no array (`np.arange`) and numpy-scalar
+   arithmetic are not seen.
+2. Replay: the recorded calls are re-run from a flat list, with the same operands and out= buffers,
+   all of them or one category at a time (matmul, norms, elementwise, reductions, indexing). A
+   replay is the step without the engine's Python: the interpreter running its code, attribute
+   look-ups, argument handling, the Python objects of temporaries.
+3. The plain step, every replay, interleaved in short blocks (best block each, as in the speed
+   section). Python = plain step - full replay.
 
-Python function calls per step come from cProfile.
+Python function calls per step come from cProfile. The census's own per-op times (top-ops table)
+include the probe's timer, ~0.1 µs a call, so they read high for the tiny net.
 """
 
 from __future__ import annotations
 
 import cProfile
+import operator
 import pstats
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 from rich.table import Table
 
-from bench._util import LR, SHAPES, Shape, Timer, batches, fmt_rate, make_trainer
+from bench._util import LR, SHAPES, CpuWatch, Shape, Timer, batches, fmt_rate, interleave, make_trainer
 
-BLOCK_S, BLOCKS = 0.1, 8
-QUICK_BLOCK_S, QUICK_BLOCKS = 0.05, 3
-CENSUS_STEPS = 20
+BLOCK_S, BLOCKS = 0.08, 6
+QUICK_BLOCK_S, QUICK_BLOCKS = 0.04, 3
+CENSUS_STEPS = 10
 TOP_OPS = 6
+CATEGORIES = ("matmul", "norms", "eltwise", "reduce", "index")
 
 
 # ---- the probe ------------------------------------------------------------------------------------
 
 class _Census:
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.calls: dict[str, int] = defaultdict(int)
         self.seconds: dict[str, float] = defaultdict(float)
+        self.log: list[tuple[str, Callable, tuple, dict]] = []
 
-    def add(self, key: str, dt: float) -> None:
+    def add(self, key: str, dt: float, f: Callable, args: tuple, kwargs: dict) -> None:
         self.calls[key] += 1
         self.seconds[key] += dt
+        self.log.append((key, f, args, kwargs))
 
 
 CENSUS = _Census()
@@ -62,12 +73,21 @@ def _probe(x):
     return x.view(Probe) if type(x) is np.ndarray else x
 
 
+def _size(arrays) -> int:
+    return max((a.size for a in arrays if isinstance(a, np.ndarray)), default=1)
+
+
 def _shape(x) -> str:
     return "x".join(map(str, x.shape)) if isinstance(x, np.ndarray) and x.ndim else "s"
 
 
+def _is_basic(key) -> bool:
+    keys = key if isinstance(key, tuple) else (key,)
+    return not any(isinstance(k, np.ndarray | list) for k in keys)
+
+
 class Probe(np.ndarray):
-    """An ndarray that records every numpy call made on it (see the module doc)."""
+    """An ndarray that records and times every numpy call made on it (see the module doc)."""
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
         args = tuple(_plain(x) for x in inputs)
@@ -80,7 +100,9 @@ class Probe(np.ndarray):
         name = ufunc.__name__ + ("" if method == "__call__" else f".{method}")
         if ufunc is np.matmul:
             name += f" {_shape(args[0])}@{_shape(args[1])}"
-        CENSUS.add(name, dt)
+        else:
+            name += f" ({_size((*args, *(out or ()))):,})"
+        CENSUS.add(name, dt, f, args, kwargs)
         if out is not None:
             return out[0] if len(out) == 1 else out
         return tuple(map(_probe, result)) if isinstance(result, tuple) else _probe(result)
@@ -90,7 +112,7 @@ class Probe(np.ndarray):
         t0 = time.perf_counter()
         result = func(*args, **plain_kwargs)
         dt = time.perf_counter() - t0
-        CENSUS.add(f"np.{func.__name__}" + (f" ({args[0].size:,})" if func is np.dot else ""), dt)
+        CENSUS.add(f"np.{func.__name__} ({_size(args):,})", dt, func, args, plain_kwargs)
         if kwargs.get("out") is not None:
             return kwargs["out"]
         return _probe(result)
@@ -99,23 +121,22 @@ class Probe(np.ndarray):
         plain, key = self.view(np.ndarray), _plain(key)
         t0 = time.perf_counter()
         result = plain[key]
-        CENSUS.add("[...] read" if _is_basic(key) else "[fancy] read", time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        CENSUS.add("index read" if _is_basic(key) else "fancy index read", dt, operator.getitem, (plain, key), {})
         return _probe(result)
 
     def __setitem__(self, key, value):
         plain, key, value = self.view(np.ndarray), _plain(key), _plain(value)
         t0 = time.perf_counter()
         plain[key] = value
-        CENSUS.add("[...] write" if _is_basic(key) else "[fancy] write", time.perf_counter() - t0)
-
-
-def _is_basic(key) -> bool:
-    keys = key if isinstance(key, tuple) else (key,)
-    return not any(isinstance(k, np.ndarray | list) for k in keys)
+        dt = time.perf_counter() - t0
+        CENSUS.add("index write" if _is_basic(key) else "fancy index write", dt, operator.setitem,
+                   (plain, key, value), {})
 
 
 def _probe_trainer(trainer) -> None:
-    """Re-point every array the step touches at a Probe view of the same memory."""
+    """Re-point every array the step touches at a Probe view of the same memory (after one step, so
+    the layers' buffer sets exist)."""
     model = trainer.model
     model.params, model.grads = model.params.view(Probe), model.grads.view(Probe)
     for layer, spans in zip(model.layers, model.slices, strict=True):
@@ -132,28 +153,54 @@ def _probe_trainer(trainer) -> None:
     trainer._grad_bufs = {k: v.view(Probe) for k, v in trainer._grad_bufs.items()}
 
 
+def _category(op: str) -> str:
+    if op.startswith("matmul"):
+        return "matmul"
+    if op.startswith("np.dot"):
+        return "norms"
+    if "index" in op:
+        return "index"
+    if ".reduce" in op or op.startswith("np.sum"):
+        return "reduce"
+    return "eltwise"
+
+
 # ---- measurements ---------------------------------------------------------------------------------
 
-def _gemm_floor(trainer):
-    """A closure running exactly the step's matmuls on the step's own buffers."""
-    calls = []
-    for i, layer in enumerate(trainer.model.layers):
-        s = layer.buf
-        calls.append((s.x, layer.W, s.lin))
-        calls.append((s.x.T, s.dz_used, layer.dW))
-        if i > 0:
-            calls.append((s.dz_used, layer.W.T, s.dx))
+def _census(shape: Shape, data: list) -> tuple[dict[str, float], dict[str, int], list]:
+    """(seconds per op key, calls per op key, call log) of the fastest of a few probed steps."""
+    trainer = make_trainer(shape)
+    trainer.train_step(*data[0], LR)
+    _probe_trainer(trainer)
+    pdata = [(x.view(Probe), y.view(Probe)) for x, y in data]
+    for i in range(3):
+        trainer.train_step(*pdata[i % len(pdata)], LR)
+    best = None
+    for i in range(CENSUS_STEPS):
+        CENSUS.reset()
+        t0 = time.perf_counter()
+        trainer.train_step(*pdata[i % len(pdata)], LR)
+        wall = time.perf_counter() - t0
+        if best is None or wall < best[0]:
+            best = (wall, dict(CENSUS.seconds), dict(CENSUS.calls), CENSUS.log)
+    CENSUS.reset()
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def _replay(log: list) -> Callable[[int], None]:
+    calls = [(f, args, kwargs) for _, f, args, kwargs in log]
 
     def step(i: int) -> None:
-        for a, b, out in calls:
-            np.matmul(a, b, out=out)
+        for f, args, kwargs in calls:
+            f(*args, **kwargs)
 
     return step
 
 
-def _python_calls(shape: Shape, steps: int) -> tuple[float, list[tuple[str, float]]]:
-    """(Python function calls per step, top engine functions by own time per step in µs)."""
-    trainer, data = make_trainer(shape), batches(shape)
+def _python_calls(shape: Shape, data: list, steps: int = 20) -> float:
+    """Python function calls per step (cProfile)."""
+    trainer = make_trainer(shape)
     for i in range(3):
         trainer.train_step(*data[i % len(data)], LR)
     prof = cProfile.Profile()
@@ -161,93 +208,70 @@ def _python_calls(shape: Shape, steps: int) -> tuple[float, list[tuple[str, floa
     for i in range(steps):
         trainer.train_step(*data[i % len(data)], LR)
     prof.disable()
-    stats = pstats.Stats(prof)
-    total = sum(v[1] for v in stats.stats.values())  # primitive + recursive calls
-    return total / steps, []
+    return sum(v[1] for v in pstats.Stats(prof).stats.values()) / steps
 
 
 def profile_shape(shape: Shape, block_s: float, blocks: int) -> dict:
     data = batches(shape)
+    op_s, op_calls, log = _census(shape, data)
     trainer = make_trainer(shape)
     n = len(data)
 
     def plain(i: int) -> None:
         trainer.train_step(*data[i % n], LR)
 
-    step_t = Timer(plain, block_s)
-    gemm_t = Timer(_gemm_floor(trainer), block_s)
-    for _ in range(blocks):
-        step_t.block()
-        gemm_t.block()
-    step_s, gemm_s = 1 / step_t.best, 1 / gemm_t.best
-
-    probed = make_trainer(shape)
-    probed.train_step(*data[0], LR)  # allocate the buffer sets, then re-point them
-    _probe_trainer(probed)
-    pdata = [(x.view(Probe), y.view(Probe)) for x, y in data]
-    for i in range(3):
-        probed.train_step(*pdata[i % n], LR)
-    best: dict[str, float] | None = None
-    calls: dict[str, int] = {}
-    steps = max(3, min(CENSUS_STEPS, round(1.0 / step_s)))
-    for i in range(steps):  # per op, the fastest of the steps (noise only slows down)
-        CENSUS.calls.clear()
-        CENSUS.seconds.clear()
-        probed.train_step(*pdata[i % n], LR)
-        calls = dict(CENSUS.calls)
-        best = dict(CENSUS.seconds) if best is None else {k: min(v, CENSUS.seconds[k]) for k, v in best.items()}
-    py_calls, _ = _python_calls(shape, steps=max(5, steps))
-    return {"step": step_s, "gemm_floor": gemm_s, "op_s": best or {}, "op_calls": calls, "py_calls": py_calls}
+    with np.errstate(all="ignore"):  # replays repeat in-place updates; values drift, nothing is read
+        timers = {"step": Timer(plain, block_s), "numpy": Timer(_replay(log), block_s)}
+        for cat in CATEGORIES:
+            part = [entry for entry in log if _category(entry[0]) == cat]
+            if part:
+                timers[cat] = Timer(_replay(part), block_s)
+        interleave(list(timers.values()), blocks, settle=0.0)
+    sec = {k: 1 / t.best for k, t in timers.items()}
+    return {"sec": sec, "op_s": op_s, "op_calls": op_calls, "py_calls": _python_calls(shape, data)}
 
 
-def _category(op: str) -> str:
-    if op.startswith("matmul"):
-        return "matmul"
-    if op.startswith("np.dot"):
-        return "norms (dot)"
-    if "[" in op:
-        return "indexing"
-    if ".reduce" in op or op.startswith("np.sum"):
-        return "reductions"
-    return "elementwise"
-
-
-CATEGORIES = ("matmul", "norms (dot)", "elementwise", "reductions", "indexing")
-
+# ---- the section ------------------------------------------------------------------------------------
 
 def run(quick: bool) -> list[Table]:
     block_s, blocks = (QUICK_BLOCK_S, QUICK_BLOCKS) if quick else (BLOCK_S, BLOCKS)
-    summary = Table(title="Engine step profile: µs per step (share of the step)", title_justify="left")
-    for col in ("shape", "batch", "step", "GEMM floor", *CATEGORIES, "Python + rest", "numpy calls",
-                "py calls"):
-        summary.add_column(col, justify="left" if col == "shape" else "right")
-    tops = Table(title=f"Top {TOP_OPS} numpy ops per shape (µs per step, fastest of the census steps)",
-                 title_justify="left")
-    for col in ("shape", "op", "calls", "µs", "share of step"):
-        tops.add_column(col, justify="left" if col in ("shape", "op") else "right")
+    watch = CpuWatch()
+    summary = Table(title="Engine step profile: µs per step and share of the step", title_justify="left")
+    summary.add_column("shape / batch", no_wrap=True)
+    for col in ("step µs", "steps/s", "numpy", *CATEGORIES, "Python", "np/py"):
+        summary.add_column(col, justify="right", no_wrap=True)
+    tops = Table(title=f"Top {TOP_OPS} numpy ops per shape (census timing)", title_justify="left")
+    for col in ("shape", "op (largest operand size)", "calls", "µs", "share of step"):
+        tops.add_column(col, justify="left" if col[:2] in ("sh", "op") else "right", no_wrap=True)
 
     for shape in SHAPES:
         r = profile_shape(shape, block_s, blocks)
-        step = r["step"]
-        cat_s = dict.fromkeys(CATEGORIES, 0.0)
-        for op, s in r["op_s"].items():
-            cat_s[_category(op)] += s
-        rest = step - sum(cat_s.values())
+        sec = r["sec"]
+        step = sec["step"]
 
-        def cell(s: float, step: float = step) -> str:
-            return f"{1e6 * s:,.0f} ({100 * s / step:.0f}%)" if s >= 1e-6 * 100 else \
-                f"{1e6 * s:.1f} ({100 * s / step:.0f}%)"
+        def cell(s: float | None, step: float = step) -> str:
+            if s is None:
+                return "-"
+            us = 1e6 * s
+            text = f"{us:,.0f}" if abs(us) >= 100 else f"{us:.1f}"
+            return f"{text} {100 * s / step:3.0f}%"
 
-        summary.add_row(shape.name, str(shape.batch), f"{1e6 * step:,.1f} ({fmt_rate(1 / step)}/s)",
-                        cell(r["gemm_floor"]), *(cell(cat_s[c]) for c in CATEGORIES), cell(rest),
-                        str(sum(r["op_calls"].values())), f"{r['py_calls']:.0f}")
+        summary.add_row(f"{shape.name} / {shape.batch}", f"{1e6 * step:,.1f}", fmt_rate(1 / step),
+                        cell(sec["numpy"]), *(cell(sec.get(c)) for c in CATEGORIES),
+                        cell(step - sec["numpy"]), f"{sum(r['op_calls'].values())} / {r['py_calls']:.0f}")
         ranked = sorted(r["op_s"].items(), key=lambda kv: -kv[1])[:TOP_OPS]
         for j, (op, s) in enumerate(ranked):
             tops.add_row(shape.name if j == 0 else "", op, str(r["op_calls"][op]), f"{1e6 * s:,.1f}",
                          f"{100 * s / step:.1f}%", end_section=j == len(ranked) - 1)
-    summary.caption = ("step: plain Trainer.train_step, best block; GEMM floor: the step's matmuls alone; "
-                       "categories: time inside numpy calls (probe census);\nPython + rest = step - numpy "
-                       "calls (interpreter, attribute look-ups, temporaries' objects); numpy calls per step "
-                       "as counted by the probe; py calls: Python function calls per step (cProfile)")
+    summary.caption = "\n".join(filter(None, (
+        "step: plain Trainer.train_step; numpy: the step's recorded numpy calls replayed with the same operands "
+        "and no engine code",
+        "(the replay loop adds ~0.1 µs a call); matmul .. index: the replay of one category alone (matmul = the "
+        "GEMM floor; norms = np.dot",
+        "sqnorms; eltwise = ufunc calls; reduce = sums/max/all; index = [] reads and writes); Python = step - numpy; "
+        f"best of {blocks} interleaved",
+        "blocks each; np/py: numpy calls per step (probe census; np.arange and scalar math unseen) / Python function "
+        "calls per step (cProfile)",
+        watch.note())))
     summary.caption_justify = "left"
     return [summary, tops]

@@ -3,9 +3,11 @@
 For each shape both loops (and, for the wide net, a bare numpy GEMM of the same size class) are timed
 in the same process in short interleaved blocks, so machine noise hits them alike. Each column is the
 best block (noise from other processes only ever slows a block down, so the best is the least disturbed
-estimate of what the code can do), with the median block in parentheses; the ratio is of the bests. The nandoctor step is
-`Trainer.train_step` (forward, loss, backward, global grad norm, finiteness checks, SGD update) on
-pre-made batches; torch's is zero_grad, forward, F.cross_entropy, backward, SGD step.
+estimate of what the code can do), with the median block in parentheses; the ratio is of the bests.
+The nandoctor step is `Trainer.train_step` (forward, loss, backward, global grad norm, finiteness
+checks, SGD update) on pre-made batches; torch's is zero_grad, forward, F.cross_entropy, backward,
+SGD step. A third loop, the step's own matmuls alone, gives the ratio ceiling: the ratio the engine
+would reach if everything but numpy's GEMMs were free.
 """
 
 from __future__ import annotations
@@ -14,7 +16,19 @@ import os
 
 from rich.table import Table
 
-from bench._util import SETTLE_S, SHAPES, Timer, blas_summary, fmt_rate, gemm_step, interleave, nandoctor_step, torch_step
+from bench._util import (
+    SETTLE_S,
+    SHAPES,
+    CpuWatch,
+    Timer,
+    blas_summary,
+    fmt_rate,
+    gemm_floor_step,
+    gemm_step,
+    interleave,
+    nandoctor_step,
+    torch_step,
+)
 from bench._util import torch_module as _torch
 
 BLOCK_S = 0.15  # seconds per timed block (at the fastest step seen in warm-up)
@@ -24,6 +38,7 @@ QUICK_BLOCK_S, QUICK_BLOCKS = 0.08, 4
 
 def run(quick: bool) -> Table:
     block_s, blocks = (QUICK_BLOCK_S, QUICK_BLOCKS) if quick else (BLOCK_S, BLOCKS)
+    watch = CpuWatch()
     blas, threads = blas_summary()
     torch = _torch()
     if torch is not None:
@@ -35,14 +50,16 @@ def run(quick: bool) -> Table:
 
     table = Table(title="Engine training speed (float32, ReLU MLP, softmax + cross-entropy, SGD lr 0.01)",
                   title_justify="left")
-    for col in ("shape", "batch", "nandoctor steps/s", "torch steps/s", "ratio", "target"):
+    for col in ("shape", "batch", "nandoctor steps/s", "torch steps/s", "ratio", "target", "GEMM-only ceiling"):
         table.add_column(col, justify="left" if col == "shape" else "right")
     table.add_column("% GEMM rate (target)", justify="right")
 
     gemm_gflops = None
     for shape in SHAPES:
-        ours = Timer(nandoctor_step(shape), block_s)
-        timers = [ours]
+        step = nandoctor_step(shape)
+        ours = Timer(step, block_s)
+        floor = Timer(gemm_floor_step(step.trainer), block_s)
+        timers = [ours, floor]
         tstep = torch_step(shape, threads)
         theirs = Timer(tstep, block_s) if tstep is not None else None
         if theirs:
@@ -68,17 +85,21 @@ def run(quick: bool) -> Table:
             _rate(theirs) if theirs else "-",
             f"{ratio:.2f}x" if ratio is not None else "-",
             f">= {shape.target_ratio:g}x{met}",
+            f"{floor.best / theirs.best:.2f}x" if theirs else f"{fmt_rate(floor.best)}/s",
             frac_text,
         )
 
     lines = [f"NumPy {_np_version()} BLAS: {blas}", torch_note,
              f"steps/s: best (median) of {blocks} interleaved blocks of ~{block_s:g} s per loop, "
-             f"each after a {SETTLE_S:g} s pause and {ours.rewarm} untimed steps; ratio = best / best"]
+             f"each after a {SETTLE_S:g} s pause and {ours.rewarm} untimed steps; ratio = best / best",
+             "GEMM-only ceiling: the step's own matmuls alone (same operands and out= buffers), as steps/s over "
+             "torch's: the ratio if all else were free"]
     if gemm_gflops is not None:
         lines.append(f"% GEMM rate: step flops x steps/s over the float32 GEMM rate (256x1000)@(1000x1000), "
                      f"numpy matmul out=, best block: {gemm_gflops:.1f} GFLOP/s; "
                      f"wide step = {SHAPES[-1].flops() / 1e9:.2f} GFLOP")
-    table.caption = "\n".join(lines)
+    lines.append(watch.note())
+    table.caption = "\n".join(filter(None, lines))
     table.caption_justify = "left"
     return table
 

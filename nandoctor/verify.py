@@ -10,7 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from nandoctor.diagnose.finding import SEVERITIES, Diagnosis
+from nandoctor.diagnose.finding import Diagnosis
+from nandoctor.diagnose.rank import order_below_roots
 from nandoctor.errors import RunError
 from nandoctor.experiment import budget_for, raw_config, run_many
 from nandoctor.telemetry.reader import Run
@@ -59,7 +60,7 @@ def verify(run: Run, diagnosis: Diagnosis, top: int = 3) -> Diagnosis:
         cause.evidence.append(line)
         diagnosis.verification.append({"id": cause.id, "patch": fix.patch, "outcome": outcome, "summary": line,
                                        "patched": _public(res), "baseline": _public(base)})
-    diagnosis.causes.sort(key=lambda c: (SEVERITIES.index(c.severity), c.score), reverse=True)
+    diagnosis.causes = order_below_roots(diagnosis.causes)
     for res in results:
         if res.get("run"):
             shutil.rmtree(Path(res["run"]).parent, ignore_errors=True)

@@ -40,7 +40,13 @@ def rank(findings: list[Finding]) -> list[Finding]:
             if symptom.evidence:
                 root.evidence.append(f"explains {symptom.id}: {symptom.evidence[0]}")
             symptom.evidence.insert(0, f"a symptom of {root.id}")
-    for _ in findings:  # symptoms of symptoms: keep every symptom below its root, down the chain
+    return order_below_roots(findings)
+
+
+def order_below_roots(findings: list[Finding]) -> list[Finding]:
+    """Sort by severity and score, every symptom below its root (also down chains of symptoms)."""
+    present = {f.id: f for f in findings}
+    for _ in findings:
         for f in findings:
             root = present.get(f.explained_by)
             if root is not None and f.score > root.score - DEMOTED_GAP:
