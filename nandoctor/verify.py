@@ -60,6 +60,10 @@ def verify(run: Run, diagnosis: Diagnosis, top: int = 3) -> Diagnosis:
         cause.evidence.append(line)
         diagnosis.verification.append({"id": cause.id, "patch": fix.patch, "outcome": outcome, "summary": line,
                                        "patched": _public(res), "baseline": _public(base)})
+    failed_roots = {v["id"] for v in diagnosis.verification if v["outcome"] == "changed nothing"}
+    for cause in diagnosis.causes:  # the experiment overrules a root whose fix did nothing
+        if cause.explained_by in failed_roots:
+            cause.explained_by = None
     diagnosis.causes = order_below_roots(diagnosis.causes)
     for res in results:
         if res.get("run"):

@@ -101,12 +101,17 @@ class RunWriter:
             self.db.executemany(f"INSERT OR REPLACE INTO layer_stats VALUES ({', '.join('?' * 13)})", self._stats)
             self._stats.clear()
         self.set_meta(heartbeat=time.time())
-        self.db.execute("COMMIT")
+        # a Ctrl-C can land between COMMIT and BEGIN: the checks keep the next call valid either way
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
         self.db.execute("BEGIN")
         self.last_commit = time.monotonic()
 
     def close(self) -> None:
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN")
         self.commit()
-        self.db.execute("COMMIT")
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
