@@ -21,9 +21,11 @@ class NandoctorError(Exception):
         super().__init__(self.render())
 
     def render(self) -> str:
+        """One printable line: control characters from the user's input are shown escaped."""
         where = ": ".join(str(p) for p in (self.file, self.path) if p)
         text = f"{where}: {self.message}" if where else self.message
-        return f"{text} ({self.hint})" if self.hint else text
+        text = f"{text} ({self.hint})" if self.hint else text
+        return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 class ConfigError(NandoctorError):

@@ -89,7 +89,7 @@ def to_mapping(obj: Any) -> Any:
 def _fmt(path: list) -> str:
     out = ""
     for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
     return out or "<top>"
 
 

@@ -23,7 +23,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{text}': value is not valid YAML ({exc.problem})") from None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"override '{text}': value is not valid YAML ({problem})") from None
     if isinstance(value, str):
         value = _float_or_str(value)
     return path, value
@@ -38,8 +39,13 @@ def _float_or_str(value: str) -> Any:
     return number if math.isfinite(number) or value.strip().lower() in ("inf", "nan") else value
 
 
+MAX_PARTS = 300
+
+
 def split_path(path: str) -> list[str]:
     parts = path.split(".")
+    if len(parts) > MAX_PARTS:
+        raise ConfigError(f"path of {len(parts)} parts is too deep (at most {MAX_PARTS})")
     if any(p == "" for p in parts):
         raise ConfigError(f"malformed path '{path}'", hint="dotted keys such as model.layers.0.units")
     return parts
