@@ -91,10 +91,15 @@ def nandoctor_step(shape: Shape) -> Callable[[int], None]:
     trainer = make_trainer(shape)
     data = batches(shape)
     train_step, n = trainer.train_step, len(data)
+    # the engine's own BLAS thread policy, as Trainer.run applies it, held until step.release()
+    threads = trainer.blas_threads()
+    threads.__enter__()
 
     def step(i: int) -> None:
         xb, yb = data[i % n]
         train_step(xb, yb, LR)
+
+    step.release = lambda: threads.__exit__(None, None, None)  # type: ignore[attr-defined]
 
     step.trainer = trainer  # type: ignore[attr-defined]
     return step

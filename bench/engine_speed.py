@@ -70,6 +70,7 @@ def run(quick: bool) -> Table:
             gemm = Timer(gstep, block_s / 4, min_steps=20)
             timers.append(gemm)
         interleave(timers, blocks)
+        step.release()
 
         ratio = ours.best / theirs.best if theirs else None
         met = "" if ratio is None else (" [green]ok[/]" if ratio >= shape.target_ratio else " [red]MISS[/]")

@@ -22,6 +22,7 @@ from nandoctor.engine.losses import make_loss, prepare_targets
 from nandoctor.engine.model import MLP
 from nandoctor.engine.optimizers import clip, make_optimizer
 from nandoctor.engine.schedules import make_schedule
+from nandoctor.engine.threads import blas_threads_for
 from nandoctor.seeding import stream
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ class Trainer:
             if self.first_nonfinite:
                 obs.nonfinite(self, self.first_nonfinite)
         try:
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), self.blas_threads():
                 status = self._loop(epochs)
         except KeyboardInterrupt:
             status = "interrupted"
@@ -179,6 +180,11 @@ class Trainer:
         if obs:
             obs.end(self, status)
         return result
+
+    def blas_threads(self):
+        """The BLAS thread count this model's products run with (see engine.threads)."""
+        fan = [(layer.fan_in, layer.fan_out) for layer in self.model.layers]
+        return blas_threads_for(fan, self.batch_size)
 
     def _loop(self, epochs: list[dict]) -> str:
         t, obs = self.cfg.training, self.observer
