@@ -28,5 +28,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# the long property-based profile (>= 10,000 examples per property) and >= 20 kill -9 trials
+fuzz: $(STAMP)
+	NANDOCTOR_FUZZ=long $(BIN)/python -m pytest tests/test_fuzz.py tests/test_faults.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
