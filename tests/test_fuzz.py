@@ -625,10 +625,6 @@ def _flip(db: Path, flips: list[tuple[int, int]]) -> None:
     db.write_bytes(bytes(data))
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN BUG store_cells: a store cut inside a page reads back rows "
-                                       "whose cells are NULL (SQLite does not notice), and "
-                                       "telemetry.reader._read_stats compares NULL with an int: TypeError "
-                                       "(found by the long profile)")
 def test_load_run_survives_a_cut_anywhere():
     """Every 61st byte offset of the diverged run's store; about 6 % of the cuts hit the bug today."""
     size = (base_run("diverged") / DB_NAME).stat().st_size
@@ -644,9 +640,6 @@ def test_load_run_survives_a_cut_anywhere():
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN BUG store_cells: a flipped byte in the schema text makes "
-                                       "Python's sqlite3 raise UnicodeDecodeError (not a DatabaseError) from "
-                                       "telemetry.reader.load_run; other flips give TypeError/ValueError in _read")
 @FUZZ_IO
 @given(st.sampled_from(["completed", "diverged"]), st.data())
 @example("completed", None)  # deterministic reproducer: 0xC8 written over the 'A' of 'CREATE TABLE meta'
@@ -668,9 +661,6 @@ def test_load_run_survives_flipped_bytes(kind, data):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN BUG store_cells: a cell of the wrong type (text in steps.loss, "
-                                       "NULL in layers.fan_in, a blob in layer_stats.layer) escapes "
-                                       "as TypeError/ValueError from telemetry.reader._read")
 @FUZZ_IO
 @given(st.sampled_from(["completed", "diverged"]),
        st.lists(st.tuples(st.sampled_from(sorted(CELLS)), st.integers(0, 9), cell_values), min_size=1, max_size=4),
@@ -693,9 +683,6 @@ def test_load_run_survives_wrongly_typed_cells(kind, cells, seed):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN BUG store_meta: meta values of the wrong JSON type "
-                                       "(data_profile: 1.5, preflight: 'x') crash the diagnoser with "
-                                       "AttributeError/TypeError; a huge pid crashes reader._status")
 @FUZZ_IO
 @given(st.sampled_from(["completed", "diverged"]), st.lists(st.tuples(st.sampled_from(META_KEYS), json_values),
                                                               min_size=1, max_size=4),

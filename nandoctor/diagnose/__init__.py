@@ -9,6 +9,7 @@ from nandoctor.diagnose.finding import Diagnosis, Finding, Fix
 from nandoctor.diagnose.helpers import g
 from nandoctor.diagnose.rank import rank
 from nandoctor.diagnose.rules import BY_ID, RULES
+from nandoctor.errors import RunError
 from nandoctor.telemetry.reader import Run, load_run
 
 __all__ = ["BY_ID", "RULES", "Diagnosis", "Finding", "Fix", "diagnose", "diagnose_dir"]
@@ -21,8 +22,13 @@ def diagnose(run: Run) -> Diagnosis:
             run = load_run(ranks["path"])
         run.meta["first_nonfinite"] = ranks["first_nonfinite"]
         run.status = ranks["status"]
-    facts = build_facts(run)
-    findings = [f for f in (rule.check(facts) for rule in RULES) if f is not None]
+    try:
+        facts = build_facts(run)
+        findings = [f for f in (rule.check(facts) for rule in RULES) if f is not None]
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+        # a run store is outside input: well-formed SQLite holding values of the wrong kind
+        raise RunError(f"run store holds values of an unexpected kind ({type(exc).__name__}: {exc})",
+                       file=str(run.path)) from None
     causes = rank(findings)
     healthy = not any(c.severity == "error" for c in causes)
     text = verdict(facts, causes, healthy)

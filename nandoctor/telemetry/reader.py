@@ -23,6 +23,9 @@ from nandoctor.errors import ConfigError, RunError
 from nandoctor.telemetry.store import CONFIG_NAME, DB_NAME, SCHEMA_VERSION, STAT_COLUMNS
 
 STALE_SECONDS = 30.0
+META_TYPES = {"data_profile": dict, "preflight": dict, "first_nonfinite": dict, "pid": int,
+              "heartbeat": int | float, "status": str, "total_steps": int, "batch_size": int, "dtype": str,
+              "world_size": int, "loss": dict}
 
 
 @dataclass
@@ -83,7 +86,8 @@ def load_run(run_dir: str | Path) -> Run:
             return _read(db, path)
         finally:
             db.close()
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, UnicodeDecodeError, TypeError, ValueError, OverflowError, KeyError) as exc:
+        # cells of the wrong type, text SQLite cannot decode, rows cut mid-page: all a damaged store
         raise RunError(f"run store is corrupt or truncated ({exc})", file=str(db_path)) from None
 
 
@@ -97,6 +101,10 @@ def _read(db: sqlite3.Connection, path: Path) -> Run:
             meta[key] = json.loads(value)
         except (TypeError, ValueError):
             raise RunError(f"run store meta '{key}' is not valid JSON", file=str(path / DB_NAME)) from None
+    for key, kinds in META_TYPES.items():
+        if key in meta and meta[key] is not None and not isinstance(meta[key], kinds):
+            raise RunError(f"run store meta '{key}' has the wrong type ({type(meta[key]).__name__})",
+                           file=str(path / DB_NAME))
     version = meta.get("schema_version")
     if not isinstance(version, int):
         raise RunError("run store has no schema version", file=str(path / DB_NAME))
@@ -171,7 +179,7 @@ def _status(meta: dict) -> str:
     if isinstance(pid, int):
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
+        except (ProcessLookupError, OverflowError, ValueError):
             alive = False
         except PermissionError:
             pass
