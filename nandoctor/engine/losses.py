@@ -45,20 +45,28 @@ class CrossEntropy(Loss):
     def fused(self) -> bool:
         return self.activation == "softmax"
 
+    def _rows(self, b: int) -> np.ndarray:
+        rows = getattr(self, "_rows_cache", None)
+        if rows is None or len(rows) != b:
+            rows = self._rows_cache = np.arange(b)
+        return rows
+
     def forward(self, z, a, y):
         b = z.shape[0]
-        rows = np.arange(b)
+        rows = self._rows(b)
         self.y, self.rows, self.a = y, rows, a
         self.k = self.scale(b)
-        valid = y < z.shape[1]
-        yy = np.where(valid, y, 0) if not valid.all() else y
+        # labels the output cannot represent are rare: one max() decides whether to look for them
+        all_valid = b == 0 or int(y.max()) < z.shape[1]
+        valid = True if all_valid else y < z.shape[1]
+        yy = y if all_valid else np.where(valid, y, 0)
         if self.fused and self.stable:
             np.subtract(z, z.max(axis=1, keepdims=True), out=a)
             picked = a[rows, yy]
             np.exp(a, out=a)
-            s = a.sum(axis=1)
-            a /= s[:, None]
-            per = np.log(s) - picked
+            s = np.add.reduce(a, axis=1, keepdims=True)
+            a /= s
+            per = np.log(s[:, 0]) - picked
         else:
             if self.fused:  # textbook softmax: overflow in exp(z) really happens
                 np.exp(z, out=a)
@@ -68,7 +76,7 @@ class CrossEntropy(Loss):
                 p = np.clip(p, P_CLIP, 1 - P_CLIP)
             per = -np.log(p)
             self.p = p
-        if not valid.all():  # labels the output cannot represent: probability 0
+        if not all_valid:  # labels the output cannot represent: probability 0
             per = np.where(valid, per, np.inf).astype(z.dtype)
         self.valid, self.yy = valid, yy
         return float(per.sum(dtype=z.dtype) * z.dtype.type(self.k))
@@ -76,7 +84,7 @@ class CrossEntropy(Loss):
     def backward(self, out):
         if self.fused:
             np.multiply(self.a, self.k, out=out)
-            out[self.rows, self.yy] -= self.k * self.valid
+            out[self.rows, self.yy] -= self.k if self.valid is True else self.k * self.valid
             return out, "z"
         out.fill(0)
         g = -self.k / self.p
