@@ -74,7 +74,9 @@ KNOWN_BUG_TRIGGERS = {
     "store_meta": "a run store whose meta holds well-formed JSON of the wrong type -> AttributeError/TypeError in "
                   "diagnose (and OverflowError in reader._status for a huge pid)",
     "control_chars": "a --set value with a character YAML refuses (ESC, DEL, NUL) -> AttributeError "
-                     "(ReaderError has no .problem) in config.paths.parse_assignment",
+                     "(ReaderError has no .problem) in config.paths.parse_assignment (fixed in 323581c)",
+    "zero_fan_in": "a layers row with fan_in 0 -> ZeroDivisionError in diagnose/rules/bad_init.py",
+    "fractional_layer": "layer_stats.layer = 0.5 -> IndexError (a float index) in telemetry.reader._read_stats",
 }
 NON_PRINTABLE = yaml.reader.Reader.NON_PRINTABLE  # what PyYAML refuses to read
 
@@ -676,6 +678,59 @@ def test_load_run_survives_wrongly_typed_cells(kind, cells, seed):
                                f"(SELECT rowid FROM {table} ORDER BY rowid LIMIT 1 OFFSET ?)", (value, seed % 5)))
         note(statements)
         _sql(run_dir / DB_NAME, *statements)
+        assume(not _zero_fan_in(run_dir / DB_NAME))  # KNOWN_BUG_TRIGGERS['zero_fan_in']
+        assume(not _fractional_layer(run_dir / DB_NAME))  # KNOWN_BUG_TRIGGERS['fractional_layer']
+        run = only_nandoctor_errors(load_run, run_dir)
+        if run is not None:
+            only_nandoctor_errors(diagnose, run)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _fractional_layer(db: Path) -> bool:
+    try:
+        con = sqlite3.connect(db)
+        try:
+            return con.execute("SELECT COUNT(*) FROM layer_stats WHERE typeof(layer) = 'real' "
+                               "AND layer != CAST(layer AS INTEGER)").fetchone()[0] > 0
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
+@pytest.mark.xfail(strict=True, reason="KNOWN BUG fractional_layer: layer_stats.layer = 0.5 indexes a NumPy array "
+                                       "with a float in telemetry.reader._read_stats; the IndexError is not among "
+                                       "the exceptions load_run turns into a RunError (found by the long profile)")
+def test_load_run_survives_a_fractional_layer_index():
+    run_dir = copy_run("completed")
+    try:
+        _sql(run_dir / DB_NAME, ("UPDATE layer_stats SET layer = 0.5 WHERE rowid = 1", ()))
+        run = only_nandoctor_errors(load_run, run_dir)
+        if run is not None:
+            only_nandoctor_errors(diagnose, run)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _zero_fan_in(db: Path) -> bool:
+    try:
+        con = sqlite3.connect(db)
+        try:
+            return con.execute("SELECT COUNT(*) FROM layers WHERE fan_in = 0").fetchone()[0] > 0
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
+@pytest.mark.xfail(strict=True, reason="KNOWN BUG zero_fan_in: a layers row with fan_in 0 divides by zero in "
+                                       "diagnose/rules/bad_init.py expected_std; diagnose() catches "
+                                       "TypeError/ValueError/... but not ZeroDivisionError (found by the long profile)")
+def test_diagnose_survives_a_zero_fan_in():
+    run_dir = copy_run("completed")
+    try:
+        _sql(run_dir / DB_NAME, ("UPDATE layers SET fan_in = 0 WHERE layer = 0", ()))
         run = only_nandoctor_errors(load_run, run_dir)
         if run is not None:
             only_nandoctor_errors(diagnose, run)
