@@ -3,7 +3,6 @@
 Every row: exit code 2, exactly one line on stderr starting `error: ` that names the file (and the
 config path where there is one), nothing on stdout, no traceback, and nothing written: no run
 directory appears and every file that was there before is byte-identical afterwards.
-Rows that the code does not meet yet are `xfail(strict=True)`, with the bug in the reason.
 """
 
 from __future__ import annotations
@@ -139,9 +138,6 @@ def test_yaml_tab_indentation_shows_line_and_column(work):
     config_fails(work, "data:\n\tgenerator: moons\n", "YAML syntax error at line 2, column 1")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: read_yaml embeds str(ReaderError): no line/column, and PyYAML's "
-                                       "second line shows up escaped ('\\n  in \"<unicode string>\", position 7') "
-                                       "(nandoctor/config/load.py read_yaml)")
 def test_control_character_in_config(work):
     line = config_fails(work, "seed: 0\nname: a\x1bb\n", "YAML syntax error at line 2, column 8")
     assert "\x1b" not in line
@@ -217,14 +213,10 @@ def test_null_key_at_top_level(work):
     config_fails(work, "~: 1\n" + yaml.safe_dump(TINY), "unknown key 'None'")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: YAML nested ~1000 deep raises RecursionError in yaml.safe_load "
-                                       "(config.load.read_yaml catches only yaml.YAMLError)")
 def test_yaml_nested_too_deeply(work):
     config_fails(work, "[" * 3000 + "]" * 3000 + "\n", "nested too deeply")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a layer too large to allocate raises numpy's MemoryError "
-                                       "(traceback, exit 1) after the run directory was created")
 @pytest.mark.parametrize(("section", "values"), [
     ("model", {"layers": [{"units": 100_000_000_000, "activation": "relu"}, {"units": 2, "activation": "softmax"}]}),
     ("data", {"generator": "moons", "n_samples": 100_000_000_000}),
@@ -308,9 +300,6 @@ def test_npz_object_arrays(work, which):
     assert "never unpickles" in line
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a file that is not a zip archive gets numpy's message 'contains "
-                                       "pickled (object) data ... load it unsafely using allow_pickle=', "
-                                       "advice nandoctor must not give (nandoctor/data/files.py load_npz)")
 def test_npz_not_an_archive(work):
     (work / "train.npz").write_bytes(b"not an archive at all\n" * 10)
     config = write_config(work, {**TINY, "data": {"npz": "train.npz"}})
@@ -524,9 +513,6 @@ def test_run_store_cell_of_the_wrong_type(finished, tmp_path):
     diagnose_fails(run, f"{run / DB_NAME}: run store ", "could not convert string to float: 'x'")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: layer_stats.layer = 0.5 indexes a NumPy array with a float "
-                                       "(IndexError) in nandoctor/telemetry/reader.py _read_stats, and load_run "
-                                       "does not catch IndexError")
 def test_run_store_fractional_layer_index(finished, tmp_path):
     run = damaged_copy(finished, tmp_path, "layer")
     con = sqlite3.connect(run / DB_NAME)
@@ -536,9 +522,6 @@ def test_run_store_fractional_layer_index(finished, tmp_path):
     diagnose_fails(run, f"{run / DB_NAME}: run store ")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a layers row with fan_in 0 divides by zero in "
-                                       "nandoctor/diagnose/rules/bad_init.py expected_std (ZeroDivisionError is "
-                                       "not among the exceptions diagnose() turns into a RunError)")
 def test_run_store_layer_with_zero_fan_in(finished, tmp_path):
     run = damaged_copy(finished, tmp_path, "fan_in")
     con = sqlite3.connect(run / DB_NAME)
@@ -598,9 +581,6 @@ def test_malformed_set(work, override, fragment):
     train_fails(work, config, fragment, extra=("--set", override))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an override without '=' (or with bad YAML) is reported without the "
-                                       "config file: config.load.load_config does not add file= to the errors "
-                                       "of paths.parse_assignment")
 @pytest.mark.parametrize("override", ["optimizer.lr", "optimizer.lr=[0.1"])
 def test_malformed_set_names_the_config_file(work, override):
     config = write_config(work, TINY)
@@ -726,9 +706,6 @@ def _train_with_file_size_limit(config: Path, out: Path | None, limit: int) -> s
                           capture_output=True, text=True, timeout=300, env={**os.environ, **ENV}, cwd=config.parent)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a full disk when the run store is created escapes as "
-                                       "sqlite3.OperationalError (traceback, exit 1), and a half-written run "
-                                       "directory is left behind (nandoctor/training.py run_training)")
 @pytest.mark.parametrize("limit", [1000, 20_000])  # config.yaml cannot be written / the store cannot be created
 @pytest.mark.parametrize("out", ["run", "new/parents/run", None])  # None: the default runs/<name>-<time>
 def test_full_disk(work, limit, out):
@@ -743,9 +720,6 @@ def test_full_disk(work, limit, out):
     assert_nothing_written(before, snapshot(work))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when the disk fills up during training, sqlite3.OperationalError "
-                                       "escapes from the RunWriter commit (traceback, exit 1) "
-                                       "(nandoctor/training.py run_training)")
 def test_disk_full_during_training(work):
     """The one row that keeps what it wrote: the steps committed before the disk filled up."""
     config = write_config(work, {**TINY, "data": {"generator": "moons", "n_samples": 2000},

@@ -201,9 +201,6 @@ def _console_script() -> Path | None:
     return Path(found) if found else None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Ctrl-C while the console script imports nandoctor.cli (typer, rich: "
-                                       "the first ~0.3 s) prints a KeyboardInterrupt traceback: cli.main's "
-                                       "`except KeyboardInterrupt` only starts once the import is done")
 def test_ctrl_c_while_the_command_starts_is_quiet(tmp_path):
     """Deterministic: a sitecustomize hook raises KeyboardInterrupt when `rich` is first imported, which
     is where a Ctrl-C in the first fraction of a second lands."""
@@ -287,10 +284,6 @@ def test_full_disk_simulation_really_limits_writes(tmp_path):
     assert (tmp_path / "big").stat().st_size <= 1000
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when the disk fills up during training, sqlite3.OperationalError "
-                                       "('disk I/O error' / 'database or disk is full') escapes from the "
-                                       "RunWriter commit as a traceback with exit 1 "
-                                       "(nandoctor/training.py run_training)")
 def test_disk_fills_up_during_training(tmp_path):
     config = write_config(tmp_path, {**LONG_RUN, "training": {"epochs": 50, "batch_size": 8},
                                      "monitor": {"every": 1}})

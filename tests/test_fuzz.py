@@ -699,9 +699,6 @@ def _fractional_layer(db: Path) -> bool:
         return False
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN BUG fractional_layer: layer_stats.layer = 0.5 indexes a NumPy array "
-                                       "with a float in telemetry.reader._read_stats; the IndexError is not among "
-                                       "the exceptions load_run turns into a RunError (found by the long profile)")
 def test_load_run_survives_a_fractional_layer_index():
     run_dir = copy_run("completed")
     try:
@@ -724,9 +721,6 @@ def _zero_fan_in(db: Path) -> bool:
         return False
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN BUG zero_fan_in: a layers row with fan_in 0 divides by zero in "
-                                       "diagnose/rules/bad_init.py expected_std; diagnose() catches "
-                                       "TypeError/ValueError/... but not ZeroDivisionError (found by the long profile)")
 def test_diagnose_survives_a_zero_fan_in():
     run_dir = copy_run("completed")
     try:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from nandoctor import names
-from nandoctor.config import paths
+from nandoctor.config import paths, yaml_errors
 from nandoctor.config.schema import Config, DataConfig, InitSpec, OptimizerConfig
 from nandoctor.errors import ConfigError, did_you_mean
 
@@ -30,8 +30,8 @@ def load_config(file: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(file)
     raw = read_yaml(path)
     for text in overrides or ():
-        key, value = paths.parse_assignment(text)
         try:
+            key, value = paths.parse_assignment(text)
             raw = paths.apply(raw, key, value)
         except ConfigError as exc:
             raise ConfigError(exc.message, file=str(path), path=exc.path, hint=exc.hint) from None
@@ -51,10 +51,9 @@ def read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"YAML syntax error{where}: {problem}", file=str(path)) from None
+        raise ConfigError(yaml_errors.describe(exc, text), file=str(path)) from None
+    except RecursionError:
+        raise ConfigError("YAML is nested too deeply to read", file=str(path)) from None
     if raw is None:
         raise ConfigError("config file is empty", file=str(path),
                           hint="a config needs at least a data: and a model: section; `nandoctor init` writes one")

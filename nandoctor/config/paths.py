@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from nandoctor.config import yaml_errors
 from nandoctor.errors import ConfigError
 
 
@@ -23,8 +24,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"override '{text}': value is not valid YAML ({problem})") from None
+        raise ConfigError(f"override '{text}': value is not valid YAML ({yaml_errors.problem(exc)})") from None
     if isinstance(value, str):
         value = _float_or_str(value)
     return path, value

@@ -137,6 +137,11 @@ def _separator_hint(cell: str) -> str | None:
 
 # ---- NPZ -------------------------------------------------------------------------------------
 
+def _is_npy(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(6) == b"\x93NUMPY"
+
+
 def load_npz(path: Path, *, file: str | None = None) -> Arrays:
     """X float64 (n, d), y float64 (n,) / (n, k) or str (n,), feature names (array `feature_names` if any)."""
     check_file(path, "data.npz", file)
@@ -145,6 +150,9 @@ def load_npz(path: Path, *, file: str | None = None) -> Arrays:
         return DataError(f"{path}: {message}", file=file, path="data.npz", hint=hint)
 
     try:
+        if not zipfile.is_zipfile(path) and not _is_npy(path):
+            # np.load calls any other file "pickled data" and advises allow_pickle, which we never want
+            raise ValueError("not a zip archive")
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise fail(f"cannot read the file as an .npz archive ({exc})",

@@ -25,7 +25,7 @@ def diagnose(run: Run) -> Diagnosis:
     try:
         facts = build_facts(run)
         findings = [f for f in (rule.check(facts) for rule in RULES) if f is not None]
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, ArithmeticError) as exc:
         # a run store is outside input: well-formed SQLite holding values of the wrong kind
         raise RunError(f"run store holds values of an unexpected kind ({type(exc).__name__}: {exc})",
                        file=str(run.path)) from None

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from nandoctor.config import Config, from_mapping
+from nandoctor.config.load import read_yaml
 from nandoctor.errors import ConfigError, RunError
 from nandoctor.telemetry.store import CONFIG_NAME, DB_NAME, SCHEMA_VERSION, STAT_COLUMNS
 
@@ -86,7 +86,8 @@ def load_run(run_dir: str | Path) -> Run:
             return _read(db, path)
         finally:
             db.close()
-    except (sqlite3.DatabaseError, UnicodeDecodeError, TypeError, ValueError, OverflowError, KeyError) as exc:
+    except (sqlite3.DatabaseError, UnicodeDecodeError, TypeError, ValueError, OverflowError, KeyError,
+            IndexError) as exc:
         # cells of the wrong type, text SQLite cannot decode, rows cut mid-page: all a damaged store
         raise RunError(f"run store is corrupt or truncated ({exc})", file=str(db_path)) from None
 
@@ -117,6 +118,10 @@ def _read(db: sqlite3.Connection, path: Path) -> Run:
     cols = ("layer", "name", "fan_in", "fan_out", "params", "activation", "init", "init_std", "norm", "dropout")
     query = f"SELECT {', '.join(cols)} FROM layers ORDER BY layer"
     layers = [dict(zip(cols, r, strict=True)) for r in db.execute(query)]
+    for row in layers:  # rules divide by fan_in: a damaged row must not reach them
+        if not all(isinstance(row[k], int) and row[k] > 0 for k in ("fan_in", "fan_out")):
+            raise RunError(f"run store layer {row['layer']!r} has fan_in {row['fan_in']!r} and fan_out "
+                           f"{row['fan_out']!r} (expected positive integers)", file=str(path / DB_NAME))
     rows = db.execute("SELECT step, epoch, loss, lr, grad_norm, status FROM steps ORDER BY step").fetchall()
     steps = {
         "step": np.array([r[0] for r in rows], dtype=np.int64),
@@ -163,10 +168,12 @@ def _read_config(path: Path) -> tuple[dict | None, Config | None]:
     if not file.exists():
         return None, None  # runs recorded by other frameworks may have no config
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        raw = read_yaml(file)
         return raw, from_mapping(raw, file=str(file))
-    except (yaml.YAMLError, ConfigError, OSError, UnicodeDecodeError) as exc:
-        raise RunError(f"run config is unreadable ({exc})", file=str(file)) from None
+    except ConfigError as exc:
+        where = f"{exc.path}: " if exc.path else ""
+        raise RunError(f"run config is unreadable: {where}{exc.message}", file=str(file),
+                       hint=exc.hint if exc.path else None) from None
 
 
 def _status(meta: dict) -> str:
