@@ -120,11 +120,13 @@ def case_deep(work: Path, depth: int = 50, width: int = 64) -> dict:
 
 
 def case_long(work: Path) -> dict:
+    """100k steps of a 10-layer net: what the retention policy (`monitor.every: auto`) keeps."""
+    layers = [{"units": 16, "activation": "relu"} for _ in range(9)] + [{"units": 2, "activation": "softmax"}]
     raw = {"seed": 0, "data": {"generator": "moons", "n_samples": 1000},  # 800 rows in batches of 8: 100 steps/epoch
-           "model": {"layers": [{"units": 8, "activation": "relu"}, {"units": 2, "activation": "softmax"}]},
-           "optimizer": {"name": "sgd", "lr": 0.05}, "training": {"epochs": 1000, "batch_size": 8},
+           "model": {"init": "he_normal", "layers": layers},
+           "optimizer": {"name": "sgd", "lr": 0.01}, "training": {"epochs": 1000, "batch_size": 8},
            "monitor": {"every": "auto"}}
-    return train_and_diagnose(work, "long-100k-steps", raw)
+    return train_and_diagnose(work, "long-100k-steps-10-layers", raw)
 
 
 def case_blas(work: Path) -> dict:
