@@ -88,7 +88,9 @@ def gradient_heatmap(run: Run, width: int = WIDTH) -> Text:
 
 
 def layer_health(run: Run) -> Table:
-    """Per layer: activation, saturated share, exactly-zero share, dead units at the last epoch."""
+    """Per layer: activation, saturated share, exactly-zero share, dead units at the last epoch.
+    A softmax output shows no saturation: confident probabilities are the goal there, and the
+    loss is computed from the logits, so its gradient does not vanish."""
     table = Table(title="per-layer health", title_justify="left")
     for col in ("layer", "activation", "saturated", "zero out", "dead", "upd/w"):
         table.add_column(col, justify="left" if col in ("layer", "activation") else "right", no_wrap=True)
@@ -103,7 +105,8 @@ def layer_health(run: Run) -> Table:
         return float(np.median(col)) if col.size else math.nan
 
     for i, info in enumerate(run.layers):
-        s, z, r = med(sat, i), med(zero, i), med(ratio, i)
+        s = math.nan if info["activation"] == "softmax" else med(sat, i)
+        z, r = med(zero, i), med(ratio, i)
         d = dead.get(i)
         table.add_row(str(i), info["activation"], _bar(s), _bar(z),
                       "-" if d is None else f"{d[0]}/{d[1]}", "-" if math.isnan(r) else f"{r:.2g}")

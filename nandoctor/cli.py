@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -58,7 +59,8 @@ def _none_if_nan(x):
 def train(
     config: Annotated[Path, typer.Argument(help="The YAML config to train.")],
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>-<timestamp>).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override PATH=VALUE (optimizer.lr=0.01).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="PATH=VALUE",
+                                                   help="Override a config value (optimizer.lr=0.01).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Override the config's seed.")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override training.epochs.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
@@ -122,10 +124,7 @@ def diagnose(
     if json_:
         typer.echo(json.dumps(d.to_json(top)))
     else:
-        out = report.console()
-        if charts:
-            report.print_charts(run, out)
-        report.print_diagnosis(d, out, top)
+        report.print_diagnosis(d, report.console(), top, run if charts else None)
     if any(c.severity == "error" for c in d.causes):
         raise typer.Exit(1)
 
@@ -146,11 +145,7 @@ def explain(cause: Annotated[str | None, typer.Argument(help="A cause id; omit t
     if rule is None:
         raise NandoctorError(f"unknown cause '{cause}'", hint=did_you_mean(cause, BY_ID) or
                              "run `nandoctor explain` for the list")
-    out.print(f"[bold]{rule.id}[/] — {rule.title}\n")
-    for head, text in (("What it detects", rule.what), ("Why it matters", rule.why), ("How to fix it", rule.fix)):
-        out.print(f"[bold]{head}[/]\n  {text}\n")
-    if rule.explains:
-        out.print(f"[bold]Explains[/] (symptoms ranked under it)\n  {', '.join(rule.explains)}")
+    report.print_explain(rule, out)
 
 
 @app.command()
@@ -167,6 +162,8 @@ def check(
 
     from nandoctor import checking
 
+    if junit is not None and not junit.parent.is_dir():  # fail before training, not after
+        raise NandoctorError("cannot write JUnit file (no such directory)", file=str(junit))
     t0 = time.perf_counter()
     out_root = out or checking.default_out()
     results = checking.run_check(targets, out_root, max_steps)
@@ -203,6 +200,9 @@ def fix(
     from nandoctor.training import run_training
 
     cfg = load_config(config)
+    target = out or config.with_name(f"{config.stem}.fixed{config.suffix or '.yaml'}")
+    if target.exists() and not force:  # before training, which may take a while
+        raise NandoctorError("output file already exists", file=str(target), hint="pass --force or another --out")
     out_c = report.console()
     if run is None:
         err = report.console(stderr=True)
@@ -214,16 +214,18 @@ def fix(
         out_c.print(f"nothing to fix: {report.escape(d.verdict)}")
         return
     cause, chosen_fix = chosen
-    target = out or config.with_name(f"{config.stem}.fixed{config.suffix or '.yaml'}")
-    if target.exists() and not force:
-        raise NandoctorError("output file already exists", file=str(target), hint="pass --force or another --out")
-    text, kept = patching.patch_text(config.read_text(encoding="utf-8"), chosen_fix.patch)
+    patch, note = dict(chosen_fix.patch), ""
+    if (read_yaml(config).get("expect") or {}).get("healthy") is False:  # the fix is meant to cure it
+        patch |= {"expect.healthy": True, "expect.causes": []}
+        note = "; its expect: block now says healthy"
+    text, kept = patching.patch_text(config.read_text(encoding="utf-8"), patch)
     try:
         target.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise NandoctorError(f"cannot write the patched config ({exc.strerror})", file=str(target)) from None
     out_c.print(f"[bold]{cause.id}[/]: {report.escape(chosen_fix.summary)}")
-    out_c.print(f"wrote {target}" + ("" if kept else " (re-emitted: comments inside sections were not kept)"))
+    out_c.print(f"wrote {target}{note}" + ("" if kept else " (re-emitted: comments inside sections were not kept)"),
+                soft_wrap=True)
     if not verify:
         return
     before = summarize(d)
@@ -269,7 +271,7 @@ def runs(
     if not root.is_dir():
         raise NandoctorError("no such directory", file=str(root), hint="train something first: nandoctor train")
     rows = []
-    for d in sorted(p for p in root.iterdir() if (p / "telemetry.sqlite").exists()):
+    for d in _run_dirs(root):
         try:
             diag = diagnose_dir(d)
             rows.append({"run": str(d), "status": diag.status, "healthy": diag.healthy, "verdict": diag.verdict,
@@ -281,6 +283,21 @@ def runs(
         typer.echo(json.dumps(rows))
     else:
         report.print_runs(rows, report.console())
+
+
+def _run_dirs(root: Path, depth: int = 2) -> list[Path]:
+    """Run directories in `root` and in folders of runs below it (`check` writes runs/check-<time>/<name>)."""
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError as exc:
+        raise NandoctorError(f"cannot list the directory ({exc.strerror})", file=str(root)) from None
+    found = []
+    for p in children:
+        if (p / "telemetry.sqlite").exists():
+            found.append(p)
+        elif depth > 1 and os.access(p, os.R_OK | os.X_OK):
+            found += _run_dirs(p, depth - 1)
+    return found
 
 
 def main() -> None:

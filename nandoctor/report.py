@@ -7,7 +7,9 @@ piped output carries no escape codes and NO_COLOR is honoured.
 
 from __future__ import annotations
 
+import functools
 import os
+import textwrap
 from pathlib import Path
 
 from rich.console import Console
@@ -23,10 +25,10 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=False)
 
 
-def format_patch(patch: dict | None) -> str:
+def format_patch(patch: dict | None, sep: str = "  ") -> str:
     if not patch:
         return "(no config change: see advice)"
-    return "  ".join(f"--set {k}={_scalar(v)}" for k, v in patch.items())
+    return sep.join(f"--set {k}={_scalar(v)}" for k, v in patch.items())
 
 
 def _scalar(v) -> str:
@@ -35,26 +37,32 @@ def _scalar(v) -> str:
     return str(v)
 
 
-def print_diagnosis(d: Diagnosis, out: Console, top: int | None = None) -> None:
+def print_diagnosis(d: Diagnosis, out: Console, top: int | None = None, run=None) -> None:
+    """Verdict first, then the charts of `run` (when given), then the ranked causes. Text lines are
+    soft-wrapped so a long `--set` hint stays one line when copied from the terminal or a pipe."""
     style = "bold green" if d.healthy else "bold red"
-    out.print(f"[{style}]{'HEALTHY' if d.healthy else 'UNHEALTHY'}[/] [dim]({d.status})[/]  {escape(d.verdict)}")
-    out.print(f"[dim]run:[/] {escape(d.run)}")
+    line = functools.partial(out.print, soft_wrap=True)
+    line(f"[{style}]{'HEALTHY' if d.healthy else 'UNHEALTHY'}[/] [dim]({d.status})[/]  {escape(d.verdict)}")
+    line(f"[dim]run:[/] {escape(d.run)}")
     fn = d.first_nonfinite
     if fn:
         where = fn.get("module") or f"model.layers.{fn.get('layer')}"  # nandoctor.torch names the module
         layer = "" if fn.get("layer") is None else f", layer {fn['layer']} ({where})"
         layer += f", rank {fn['rank']}" if fn.get("rank") is not None else ""
         role = f" [{fn.get('role')}]" if fn.get("role") else ""
-        out.print(f"[bold]first non-finite:[/] step {fn.get('step')}, epoch {fn.get('epoch')}, phase "
-                  f"{fn.get('phase')}{layer}, tensor {fn.get('tensor')}{role}")
-        out.print(f"  {escape(str(fn.get('detail', '')))}")
+        line(f"[bold]first non-finite:[/] step {fn.get('step')}, epoch {fn.get('epoch')}, phase "
+             f"{fn.get('phase')}{layer}, tensor {fn.get('tensor')}{escape(role)}")
+        line(f"  {escape(str(fn.get('detail', '')))}")
+    if run is not None:
+        out.print()
+        print_charts(run, out)
     causes = d.causes if top is None else d.causes[:top]
     if not causes:
-        out.print("No causes found.")
+        line("No causes found.")
         return
     table = Table(title="Ranked causes", show_lines=False, expand=False)
-    for col, kw in (("#", {"justify": "right"}), ("cause", {}), ("severity", {}), ("score", {"justify": "right"}),
-                    ("title", {})):
+    for col, kw in (("#", {"justify": "right"}), ("cause", {"no_wrap": True}), ("severity", {}),
+                    ("score", {"justify": "right"}), ("title", {})):
         table.add_column(col, **kw)
     for i, c in enumerate(causes, 1):
         sev = f"[{SEVERITY_STYLE[c.severity]}]{c.severity}[/]"
@@ -62,20 +70,20 @@ def print_diagnosis(d: Diagnosis, out: Console, top: int | None = None) -> None:
         table.add_row(str(i), c.id, sev, f"{c.score:.2f}", escape(c.title) + note)
     out.print(table)
     for i, c in enumerate(causes, 1):
-        out.print(f"\n[bold]{i}. {c.id}[/] [{SEVERITY_STYLE[c.severity]}]{c.severity}[/] — {escape(c.title)}")
-        for line in c.evidence:
-            out.print(f"   • {escape(line)}")
+        line(f"\n[bold]{i}. {c.id}[/] [{SEVERITY_STYLE[c.severity]}]{c.severity}[/] — {escape(c.title)}")
+        for ev in c.evidence:
+            line(f"   • {escape(ev)}")
         for fix in c.fixes:
-            out.print(f"   [green]fix:[/] {escape(fix.summary)}")
+            line(f"   [green]fix:[/] {escape(fix.summary)}")
             if fix.patch:
-                out.print(f"        [dim]{escape(format_patch(fix.patch))}[/]")
+                line(f"        [dim]{escape(format_patch(fix.patch))}[/]")
     if d.verification:
         table = Table(title="Verified by experiment (same seed, bounded steps)")
         for col in ("cause", "patch", "outcome", "patched run", "unpatched run"):
-            table.add_column(col)
+            table.add_column(col, no_wrap=col in ("cause", "patch"))
         for v in d.verification:
             p, b = v["patched"], v["baseline"]
-            table.add_row(v["id"], escape(format_patch(v["patch"])), v["outcome"], _run_cell(p), _run_cell(b))
+            table.add_row(v["id"], escape(format_patch(v["patch"], "\n")), v["outcome"], _run_cell(p), _run_cell(b))
         out.print()
         out.print(table)
 
@@ -87,11 +95,23 @@ def _run_cell(r: dict) -> str:
     return f"{r['status']}{loss}"
 
 
+def print_explain(rule, out: Console) -> None:
+    out.print(f"[bold]{rule.id}[/] — {escape(rule.title)}\n")
+    sections = [("What it detects", rule.what), ("Why it matters", rule.why), ("How to fix it", rule.fix)]
+    if rule.explains:
+        sections.append(("Explains (symptoms ranked under it)", ", ".join(rule.explains)))
+    for head, text in sections:  # wrapped here so the body keeps its indent
+        out.print(f"[bold]{head}[/]")
+        body = textwrap.fill(text, max(40, out.width - 1), initial_indent="  ", subsequent_indent="  ",
+                             break_on_hyphens=False)
+        out.print(escape(body) + "\n", soft_wrap=True)
+
+
 def print_check(results, seconds: float, out: Console) -> None:
     table = Table(title=f"nandoctor check: {sum(r.passed for r in results)}/{len(results)} as expected "
                         f"({seconds:.1f} s)")
     for col in ("config", "expected", "got", "status", "steps", "time", "result"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col not in ("expected", "got"))  # names stay whole: they are what to open
     for r in results:
         o = r.outcome
         mark = "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]"
@@ -101,33 +121,37 @@ def print_check(results, seconds: float, out: Console) -> None:
     for r in results:
         if not r.passed:
             o = r.outcome
-            out.print(f"[bold red]FAIL[/] {escape(r.config)}: {escape(str(o.get('verdict') or o.get('error')))}")
+            out.print(f"[bold red]FAIL[/] {escape(r.config)}: {escape(str(o.get('verdict') or o.get('error')))}",
+                      soft_wrap=True)
             if o.get("fix"):
-                out.print(f"     fix: {escape(o['fix'])}")
+                out.print(f"     fix: {escape(o['fix'])}", soft_wrap=True)
 
 
 def print_before_after(before: dict, after: dict, out: Console) -> None:
     table = Table(title="before / after the fix (same seed)")
-    for col in ("", "status", "healthy", "final loss", "metric", "verdict"):
-        table.add_column(col)
+    for col in ("", "status", "healthy", "last epoch loss", "metric", "verdict"):
+        table.add_column(col, no_wrap=col != "verdict")
     for name, r in (("before", before), ("after", after)):
         if "error" in r:
             table.add_row(name, "error", "-", "-", "-", escape(r["error"]))
             continue
-        loss = "-" if r.get("final_loss") is None else f"{r['final_loss']:.4g}"
+        loss = "-" if r.get("final_loss") is None else f"{r['final_loss']:.3g}"
         metric = "-" if r.get("metric") is None else f"{r['metric']:.3g}"
         table.add_row(name, r["status"], "yes" if r["healthy"] else "no", loss, metric, escape(r["verdict"]))
     out.print(table)
 
 
 def print_runs(rows: list[dict], out: Console) -> None:
-    table = Table(title="runs")
-    for col in ("run", "status", "health", "top cause", "verdict"):
-        table.add_column(col)
+    """One line per run, path first and never cut (it is what you copy into `diagnose`); the verdict
+    may run past the terminal's edge and wrap there rather than squeeze the path."""
+    if not rows:
+        out.print("no run directories here")
+        return
+    width = max(len(r["run"]) for r in rows)
+    out.print(f"[bold]{'run':<{width}}  {'status':<11}  verdict[/]")
     for r in rows:
-        health = "-" if r["healthy"] is None else ("[green]healthy[/]" if r["healthy"] else "[red]unhealthy[/]")
-        table.add_row(escape(r["run"]), r["status"], health, r["top_cause"] or "-", escape(r["verdict"]))
-    out.print(table)
+        style = "dim" if r["healthy"] is None else ("green" if r["healthy"] else "red")
+        out.print(f"{escape(r['run']):<{width}}  {r['status']:<11}  [{style}]{escape(r['verdict'])}[/]", soft_wrap=True)
 
 
 def print_charts(run, out: Console) -> None:

@@ -370,3 +370,91 @@ def test_error_is_one_line_however_long(tmp_path):
     result = cli("train", deep / "missing-config.yaml")
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# ---- what a person reads: nothing cut, nothing hard-wrapped that is meant to be copied ----------
+
+def narrow(*args, width=60):
+    return CliRunner().invoke(app, [str(a) for a in args], env={**ENV, "COLUMNS": str(width)})
+
+
+def test_diagnose_set_hints_stay_whole_on_a_narrow_terminal(diverged):
+    _, run, _, _ = diverged
+    result = narrow("diagnose", run, "--no-charts")
+    hints = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("--set")]
+    assert hints, result.stdout
+    for hint in hints:  # every `--set` is followed by its PATH=VALUE on the same line
+        parts = hint.split()
+        assert all("=" in parts[i + 1] for i, p in enumerate(parts) if p == "--set"), hint
+
+
+def test_diagnose_names_the_role_of_the_first_nonfinite_layer(diverged):
+    _, run, payload, _ = diverged
+    result = cli("diagnose", run, "--no-charts")
+    role = payload["first_nonfinite"].get("role") or "producer"
+    line = next(line for line in result.stdout.splitlines() if line.startswith("first non-finite:"))
+    assert line.endswith(f"[{role}]"), line
+
+
+def test_diagnose_prints_the_verdict_before_the_charts(diverged):
+    _, run, _, _ = diverged
+    out = cli("diagnose", run).stdout
+    assert out.index("UNHEALTHY") < out.index("loss (") < out.index("gradient norm") < out.index("Ranked causes")
+
+
+def test_explain_keeps_the_indent_when_it_wraps():
+    result = narrow("explain", "high_lr", width=50)
+    headings = [line for line in result.stdout.splitlines() if line and not line.startswith("  ")]
+    assert headings == ["high_lr — Learning rate too high", "What it detects", "Why it matters", "How to fix it",
+                        "Explains (symptoms ranked under it)"]
+    assert all(line == line.rstrip() for line in result.stdout.splitlines())  # no padding to the width
+
+
+def test_fix_refuses_an_existing_output_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, DIVERGING, name="div.yaml")
+    (tmp_path / "div.fixed.yaml").write_text("mine\n")
+    assert_error(cli("fix", config), "div.fixed.yaml", "already exists")
+    assert not (tmp_path / "runs").exists()  # nothing was trained
+    assert (tmp_path / "div.fixed.yaml").read_text() == "mine\n"
+
+
+def test_fix_turns_an_expect_unhealthy_block_into_healthy(tmp_path, diverged):
+    _, run, _, _ = diverged
+    config = write_config(tmp_path, {**DIVERGING, "expect": {"healthy": False, "causes": ["high_lr"]}}, "div.yaml")
+    result = cli("fix", config, "--run", run)
+    assert result.exit_code == 0, result.stderr
+    assert "expect: block now says healthy" in result.stdout
+    fixed = yaml.safe_load((tmp_path / "div.fixed.yaml").read_text())
+    assert fixed["expect"] == {"healthy": True, "causes": []}
+    assert fixed["optimizer"]["lr"] < DIVERGING["optimizer"]["lr"]
+
+
+def test_runs_lists_the_runs_inside_a_check_folder_with_whole_paths(tmp_path, monkeypatch, healthy):
+    import shutil
+
+    _, run, _ = healthy
+    monkeypatch.chdir(tmp_path)
+    nested = os.path.join("runs", "check-20260101-000000", "a-config-with-a-rather-long-name")
+    shutil.copytree(run, nested)
+    shutil.copytree(run, os.path.join("runs", "plain"))
+    result = narrow("runs", "runs", width=80)
+    assert result.exit_code == 0, result.stderr
+    assert nested in result.stdout and os.path.join("runs", "plain") in result.stdout
+    listed = json.loads(cli("runs", "runs", "--json").stdout)
+    assert [r["run"] for r in listed] == [nested, os.path.join("runs", "plain")]
+
+
+def test_check_table_keeps_config_names_whole(tmp_path):
+    name = "a-healthy-config-with-a-long-name.yaml"
+    config = write_config(tmp_path, TINY, name=name)
+    result = narrow("check", config, "--max-steps", "3", "--out", tmp_path / "out", width=80)
+    assert result.exit_code == 0, result.stdout
+    assert name in result.stdout
+
+
+def test_check_with_an_unwritable_junit_path_trains_nothing(tmp_path):
+    config = write_config(tmp_path, TINY)
+    result = cli("check", config, "--junit", tmp_path / "no-such-dir" / "report.xml", "--out", tmp_path / "out")
+    assert_error(result, "report.xml", "no such directory")
+    assert not (tmp_path / "out").exists()
