@@ -2,7 +2,8 @@
 
 It wraps the Monitor (same observer hooks) and refreshes at most ten times a second, so it costs
 nothing measurable. The light turns yellow on cheap online warnings (gradient norm up 100x from its
-early level, a loss spike) and red at the first non-finite value.
+early level, a loss spike back above the starting loss) and red at the first non-finite value. Late
+spikes far below the starting loss are the jitter of a nearly fitted net, not trouble, so they stay green.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class LiveDisplay:
         self.inner, self.out = inner, out
         self.health, self.reason = "green", "ok"
         self.early_norm = math.nan
+        self.spikes_seen = 0
         self.last = 0.0
         self.progress = Progress(TextColumn("{task.fields[light]}"), TextColumn("[bold]{task.description}"),
                                  BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -44,6 +46,11 @@ class LiveDisplay:
         if self.health == "green" and math.isfinite(info.grad_norm) and self.early_norm > 0 \
                 and info.grad_norm > GROWTH_WARN * self.early_norm:
             self.health, self.reason = "yellow", f"gradient norm up {info.grad_norm / self.early_norm:.0f}x"
+        spikes = getattr(self.inner, "spikes", 0)  # the Monitor's loss-spike count and early loss level
+        if spikes > self.spikes_seen:
+            self.spikes_seen = spikes
+            if self.health == "green" and info.loss > getattr(self.inner, "scale", math.inf):
+                self.health, self.reason = "yellow", f"loss spike at step {info.step}"
         if info.status != "ok":
             self.health, self.reason = "red", f"non-finite at step {info.step}"
         now = time.monotonic()
@@ -60,8 +67,6 @@ class LiveDisplay:
 
     def epoch(self, trainer, record) -> None:
         self.inner.epoch(trainer, record)
-        if getattr(self.inner, "spikes", 0) and self.health == "green":
-            self.health, self.reason = "yellow", "loss spikes"
 
     def end(self, trainer, status) -> None:
         self.inner.end(trainer, status)

@@ -78,3 +78,57 @@ def test_colour_follows_the_glyph_when_a_terminal_asks_for_it(tmp_path):
     run = load_run(build_run({"name": "explode", "layers": LAYERS,
                               "stats": {"grad_norm": [1e4, 1e3, 1e2, 10, 1]}}, tmp_path))
     assert "\x1b[" in render(gradient_heatmap(run), color=True)
+
+
+# ---- the live health light --------------------------------------------------------------------
+
+class FakeMonitor:
+    """The Monitor's observer hooks, with the two counters the light reads."""
+
+    def __init__(self, scale: float):
+        self.spikes, self.scale = 0, scale
+
+    def start(self, trainer): ...
+    def step(self, trainer, info): ...
+    def nonfinite(self, trainer, event): ...
+    def epoch(self, trainer, record): ...
+    def end(self, trainer, status): ...
+
+
+def drive(losses, grad_norms=None, spike_steps=(), scale=1.0):
+    """Feed LiveDisplay a run step by step; returns (light, reason)."""
+    from io import StringIO
+    from types import SimpleNamespace
+
+    from nandoctor.live import LiveDisplay
+
+    inner = FakeMonitor(scale)
+    trainer = SimpleNamespace(total_steps=len(losses), step_no=0)
+    live = LiveDisplay(inner, Console(file=StringIO(), force_terminal=True, width=100))
+    live.start(trainer)
+    for k, loss in enumerate(losses, 1):
+        inner.spikes += k in spike_steps
+        trainer.step_no = k
+        status = "ok" if loss == loss and abs(loss) != float("inf") else "nonfinite"
+        live.step(trainer, SimpleNamespace(step=k, epoch=1, loss=loss, lr=0.1, status=status,
+                                           grad_norm=(grad_norms or [1.0] * len(losses))[k - 1]))
+    live.epoch(trainer, {"epoch": 1})
+    live.end(trainer, "completed")
+    return live.health, live.reason
+
+
+def test_live_light_stays_green_for_late_jitter_of_a_fitted_net():
+    losses = [1.0] * 30 + [0.002] * 60 + [0.05] + [0.002] * 9  # a 25x spike, far below the start
+    assert drive(losses, spike_steps={91}) == ("green", "ok")
+
+
+def test_live_light_turns_yellow_on_a_spike_above_the_start_and_red_on_nan():
+    losses = [1.0] * 30 + [0.1] * 30 + [3.0] + [0.1] * 9
+    assert drive(losses, spike_steps={61}) == ("yellow", "loss spike at step 61")
+    assert drive([*losses[:40], float("nan")])[0] == "red"
+
+
+def test_live_light_turns_yellow_when_the_gradient_norm_grows_100x():
+    norms = [1.0] * 10 + [500.0] * 5
+    health, reason = drive([1.0] * 15, grad_norms=norms)
+    assert health == "yellow" and "gradient norm up" in reason
