@@ -318,9 +318,16 @@ def finished(tmp_path_factory) -> Path:
     return root / "run"
 
 
-def damaged_copy(finished: Path, tmp_path: Path, name: str) -> Path:
+def damaged_copy(finished: Path, tmp_path: Path, name: str, *sql: str) -> Path:
+    """A copy of the finished run, with these SQL statements run on its store."""
     run = tmp_path / name
     shutil.copytree(finished, run)
+    if sql:
+        con = sqlite3.connect(run / DB_NAME)
+        for statement in sql:
+            con.execute(statement)
+        con.commit()
+        con.close()
     return run
 
 
@@ -466,20 +473,12 @@ def test_run_store_not_sqlite(tmp_path):
 
 
 def test_run_store_missing_tables(finished, tmp_path):
-    run = damaged_copy(finished, tmp_path, "no-steps")
-    con = sqlite3.connect(run / DB_NAME)
-    con.execute("DROP TABLE steps")
-    con.commit()
-    con.close()
+    run = damaged_copy(finished, tmp_path, "no-steps", "DROP TABLE steps")
     diagnose_fails(run, f"{run / DB_NAME}: run store lacks tables: steps")
 
 
 def test_run_store_from_a_newer_schema(finished, tmp_path):
-    run = damaged_copy(finished, tmp_path, "newer")
-    con = sqlite3.connect(run / DB_NAME)
-    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-    con.commit()
-    con.close()
+    run = damaged_copy(finished, tmp_path, "newer", "UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     diagnose_fails(run, f"{run / DB_NAME}: run store schema 2 is newer than this nandoctor understands (1)",
                    "upgrade nandoctor")
 
@@ -505,47 +504,27 @@ def test_run_store_bytes_flipped(finished, tmp_path):
 
 
 def test_run_store_cell_of_the_wrong_type(finished, tmp_path):
-    run = damaged_copy(finished, tmp_path, "cells")
-    con = sqlite3.connect(run / DB_NAME)
-    con.execute("UPDATE steps SET loss = 'x' WHERE step = 2")
-    con.commit()
-    con.close()
+    run = damaged_copy(finished, tmp_path, "cells", "UPDATE steps SET loss = 'x' WHERE step = 2")
     diagnose_fails(run, f"{run / DB_NAME}: run store ", "could not convert string to float: 'x'")
 
 
 def test_run_store_fractional_layer_index(finished, tmp_path):
-    run = damaged_copy(finished, tmp_path, "layer")
-    con = sqlite3.connect(run / DB_NAME)
-    con.execute("UPDATE layer_stats SET layer = 0.5 WHERE rowid = 1")
-    con.commit()
-    con.close()
+    run = damaged_copy(finished, tmp_path, "layer", "UPDATE layer_stats SET layer = 0.5 WHERE rowid = 1")
     diagnose_fails(run, f"{run / DB_NAME}: run store ")
 
 
 def test_run_store_layer_with_zero_fan_in(finished, tmp_path):
-    run = damaged_copy(finished, tmp_path, "fan_in")
-    con = sqlite3.connect(run / DB_NAME)
-    con.execute("UPDATE layers SET fan_in = 0 WHERE layer = 0")
-    con.commit()
-    con.close()
+    run = damaged_copy(finished, tmp_path, "fan_in", "UPDATE layers SET fan_in = 0 WHERE layer = 0")
     diagnose_fails(run, f"{run}", "run store ")
 
 
 def test_run_store_meta_of_the_wrong_type(finished, tmp_path):
-    run = damaged_copy(finished, tmp_path, "metatype")
-    con = sqlite3.connect(run / DB_NAME)
-    con.execute("UPDATE meta SET value = '1.5' WHERE key = 'data_profile'")
-    con.commit()
-    con.close()
+    run = damaged_copy(finished, tmp_path, "metatype", "UPDATE meta SET value = '1.5' WHERE key = 'data_profile'")
     diagnose_fails(run, f"{run / DB_NAME}: run store ", "data_profile")
 
 
 def test_run_store_meta_not_json(finished, tmp_path):
-    run = damaged_copy(finished, tmp_path, "meta")
-    con = sqlite3.connect(run / DB_NAME)
-    con.execute("UPDATE meta SET value = '{oops' WHERE key = 'preflight'")
-    con.commit()
-    con.close()
+    run = damaged_copy(finished, tmp_path, "meta", "UPDATE meta SET value = '{oops' WHERE key = 'preflight'")
     diagnose_fails(run, f"{run / DB_NAME}: run store meta 'preflight' is not valid JSON")
 
 
