@@ -25,10 +25,10 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=False)
 
 
-def format_patch(patch: dict | None, sep: str = "  ") -> str:
+def format_patch(patch: dict | None) -> str:
     if not patch:
         return "(no config change: see advice)"
-    return sep.join(f"--set {k}={_scalar(v)}" for k, v in patch.items())
+    return "  ".join(f"--set {k}={_scalar(v)}" for k, v in patch.items())
 
 
 def _scalar(v) -> str:
@@ -78,14 +78,11 @@ def print_diagnosis(d: Diagnosis, out: Console, top: int | None = None, run=None
             if fix.patch:
                 line(f"        [dim]{escape(format_patch(fix.patch))}[/]")
     if d.verification:
-        table = Table(title="Verified by experiment (same seed, bounded steps)")
-        for col in ("cause", "patch", "outcome", "patched run", "unpatched run"):
-            table.add_column(col, no_wrap=col in ("cause", "patch"))
+        line("\n[bold]Verified by experiment[/] (same seed, bounded steps)")
         for v in d.verification:
-            p, b = v["patched"], v["baseline"]
-            table.add_row(v["id"], escape(format_patch(v["patch"], "\n")), v["outcome"], _run_cell(p), _run_cell(b))
-        out.print()
-        out.print(table)
+            line(f"   {v['id']}: {v['outcome']} (patched {_run_cell(v['patched'])}; "
+                 f"unpatched {_run_cell(v['baseline'])})")
+            line(f"        [dim]{escape(format_patch(v['patch']))}[/]")
 
 
 def _run_cell(r: dict) -> str:
@@ -108,21 +105,23 @@ def print_explain(rule, out: Console) -> None:
 
 
 def print_check(results, seconds: float, out: Console) -> None:
+    """One row per config: what it got (a pass got what it expected); each failure then gets a line
+    with the expectation, the verdict and the fix. Config names stay whole: they are what to open."""
     table = Table(title=f"nandoctor check: {sum(r.passed for r in results)}/{len(results)} as expected "
                         f"({seconds:.1f} s)")
-    for col in ("config", "expected", "got", "status", "steps", "time", "result"):
-        table.add_column(col, no_wrap=col not in ("expected", "got"))  # names stay whole: they are what to open
+    for col in ("config", "result", "got", "status", "steps", "time"):
+        table.add_column(col, no_wrap=col != "got")
     for r in results:
         o = r.outcome
         mark = "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]"
-        table.add_row(escape(Path(r.config).name), escape(r.expected), escape(r.got), str(o.get("status", "-")),
-                      str(o.get("steps", "-")), f"{o.get('seconds') or 0:.1f}s", mark)
+        table.add_row(escape(Path(r.config).stem), mark, escape(r.got.removeprefix("unhealthy: ")),
+                      str(o.get("status", "-")), str(o.get("steps", "-")), f"{o.get('seconds') or 0:.1f}s")
     out.print(table)
     for r in results:
         if not r.passed:
             o = r.outcome
-            out.print(f"[bold red]FAIL[/] {escape(r.config)}: {escape(str(o.get('verdict') or o.get('error')))}",
-                      soft_wrap=True)
+            out.print(f"[bold red]FAIL[/] {escape(r.config)}: expected {escape(r.expected)}, got {escape(r.got)}: "
+                      f"{escape(str(o.get('verdict') or o.get('error')))}", soft_wrap=True)
             if o.get("fix"):
                 out.print(f"     fix: {escape(o['fix'])}", soft_wrap=True)
 
