@@ -523,6 +523,12 @@ def test_run_store_meta_of_the_wrong_type(finished, tmp_path):
     diagnose_fails(run, f"{run / DB_NAME}: run store ", "data_profile")
 
 
+def test_run_store_meta_nested_too_deeply(finished, tmp_path):
+    deep = "[" * 5000 + "]" * 5000  # valid JSON, but past Python's recursion limit
+    run = damaged_copy(finished, tmp_path, "deepmeta", f"UPDATE meta SET value = '{deep}' WHERE key = 'preflight'")
+    diagnose_fails(run, f"{run / DB_NAME}: run store meta 'preflight' is nested too deeply to read")
+
+
 def test_run_store_meta_not_json(finished, tmp_path):
     run = damaged_copy(finished, tmp_path, "meta", "UPDATE meta SET value = '{oops' WHERE key = 'preflight'")
     diagnose_fails(run, f"{run / DB_NAME}: run store meta 'preflight' is not valid JSON")
@@ -570,6 +576,14 @@ def test_set_value_with_a_control_character(work):
     config = write_config(work, TINY)
     line = train_fails(work, config, "value is not valid YAML", extra=("--set", "name=a\x1bb"))
     assert "\x1b" not in line
+
+
+@pytest.mark.parametrize(("open_", "close"), [("[", "]"), ("{a: ", "}")])
+def test_set_value_nested_too_deeply(work, open_, close):
+    config = write_config(work, TINY)
+    line = train_fails(work, config, f"{config}: override 'name=", "value is nested too deeply to read",
+                       extra=("--set", "name=" + open_ * 3000 + "1" + close * 3000))
+    assert len(line) < 300 + len(str(config))  # the override is shortened, not echoed in full
 
 
 def test_set_path_with_600_parts(work):

@@ -25,9 +25,15 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': value is not valid YAML ({yaml_errors.problem(exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"override '{_short(text)}': value is nested too deeply to read") from None
     if isinstance(value, str):
         value = _float_or_str(value)
     return path, value
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _float_or_str(value: str) -> Any:

@@ -87,8 +87,9 @@ def load_run(run_dir: str | Path) -> Run:
         finally:
             db.close()
     except (sqlite3.DatabaseError, UnicodeDecodeError, TypeError, ValueError, OverflowError, KeyError,
-            IndexError) as exc:
-        # cells of the wrong type, text SQLite cannot decode, rows cut mid-page: all a damaged store
+            IndexError, RecursionError) as exc:
+        # cells of the wrong type, text SQLite cannot decode, rows cut mid-page, JSON nested past Python's
+        # recursion limit: all a damaged store
         raise RunError(f"run store is corrupt or truncated ({exc})", file=str(db_path)) from None
 
 
@@ -102,6 +103,8 @@ def _read(db: sqlite3.Connection, path: Path) -> Run:
             meta[key] = json.loads(value)
         except (TypeError, ValueError):
             raise RunError(f"run store meta '{key}' is not valid JSON", file=str(path / DB_NAME)) from None
+        except RecursionError:
+            raise RunError(f"run store meta '{key}' is nested too deeply to read", file=str(path / DB_NAME)) from None
     for key, kinds in META_TYPES.items():
         if key in meta and meta[key] is not None and not isinstance(meta[key], kinds):
             raise RunError(f"run store meta '{key}' has the wrong type ({type(meta[key]).__name__})",
