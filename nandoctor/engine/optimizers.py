@@ -30,6 +30,10 @@ class Optimizer:
             g = np.add(g, self.params * g.dtype.type(wd), out=self.tmp)
         return self._step(g, lr, out)
 
+    def max_step(self, lr: float, gnorm: float) -> float:
+        """An upper bound on max |update| known without reading the update (nan: none known)."""
+        return math.nan
+
     def state(self) -> dict[str, np.ndarray]:
         """Named state arrays (for telemetry and snapshots)."""
         return {k: v for k, v in vars(self).items() if isinstance(v, np.ndarray) and k not in ("params", "tmp")}
@@ -51,6 +55,10 @@ class SGD(Optimizer):
 
     def _step(self, g, lr, out):
         return np.multiply(g, -lr, out=out)
+
+    def max_step(self, lr, gnorm):
+        """|lr g_i| <= |lr| |g|, which spares the trainer a pass over the update."""
+        return math.nan if self.cfg.weight_decay else abs(lr) * gnorm
 
 
 class Momentum(Optimizer):

@@ -1,8 +1,9 @@
 """The training loop: batches, the step, per-epoch evaluation, and the cheap per-step health checks.
 
 Each step runs forward -> loss -> backward -> global gradient norm -> clip -> update (computed
-into a buffer) -> apply. Finiteness is checked on scalars the step needs anyway (the loss and
-three dot products), so checks cost O(parameters) per step; only when one fires does `locate`
+into a buffer) -> apply. Finiteness is checked on scalars the step needs anyway (the loss and the
+gradient norm) plus bounds derived from them, so a step makes one pass over the parameters for its
+checks (more only when the bounds get loose); only when one fires does `locate`
 scan the step's buffers, before the weights are touched, to name the producer of the first
 non-finite value.
 """
@@ -111,6 +112,8 @@ class Trainer:
         self.weight_norms: list[float] = []
         self.dead_units: list[tuple[int, int, int]] = []  # (layer, units dead on the training set, units)
         self.last_loss = math.nan
+        self._safe = float(np.finfo(self.dtype).max) / 4  # magnitudes below this cannot overflow in one add
+        self._p_bound = math.inf  # upper bound on max |weight|, inf until measured (see _still_finite)
 
     # ---- one step -------------------------------------------------------------------------
     def _grad_buf(self, batch: int) -> np.ndarray:
@@ -141,25 +144,44 @@ class Trainer:
         upd = self.optimizer.compute(model.grads, lr, self.update)
         failed = None if math.isfinite(value) else "loss"
         failed = failed or (None if ok else "backward")
-        if not _finite_sqnorm(upd)[1]:
-            failed = failed or "update"
-            if self.cfg.training.stop_on_nonfinite:
-                return value, gnorm, failed
+        u_max = self.optimizer.max_step(lr, gnorm)
+        if not u_max < self._safe:  # no cheap bound on the update: measure it
+            u2, u_ok = _finite_sqnorm(upd)
+            u_max = math.sqrt(u2)
+            if not u_ok:
+                failed = failed or "update"
+                if self.cfg.training.stop_on_nonfinite:
+                    return value, gnorm, failed
         if self.dtype == np.float16:
             # Finite weights plus a finite update overflow easily at 65504: try the sum first and
             # keep the last good weights if it fails. Wider dtypes take the in-place fast path.
             nxt = np.add(model.params, upd, out=self._next)
-            if failed is None and not _finite_sqnorm(nxt)[1]:
+            if failed is None and not self._still_finite(nxt, u_max):
                 failed = "update"
                 if self.cfg.training.stop_on_nonfinite:
                     return value, gnorm, failed
             model.params[...] = nxt
         else:
-            model.params += upd
+            np.add(model.params, upd, out=model.params)
+            if failed is None and not self._still_finite(model.params, u_max):
+                failed = "update"
         self.update_applied = True
-        if self.dtype != np.float16 and failed is None and not _finite_sqnorm(model.params)[1]:
-            failed = "update"
+        if failed is not None:
+            self._p_bound = math.inf  # the weights may hold anything now: measure them next time
         return value, gnorm, failed
+
+    def _still_finite(self, p: np.ndarray, u_max: float) -> bool:
+        """Are the weights p, finite before a step no larger than u_max, still finite? While
+        |w| <= bound and bound + u_max < max/4 nothing can overflow, so a running bound replaces a
+        pass over all parameters; p is only measured (and the bound reset to its norm) when the
+        bound gets that large, which a float32 run never sees."""
+        bound = self._p_bound + u_max
+        if bound < self._safe:
+            self._p_bound = bound
+            return True
+        p2, ok = _finite_sqnorm(p)
+        self._p_bound = math.sqrt(p2) if ok else math.inf
+        return ok
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
