@@ -143,3 +143,7 @@ def test_verify_corrects_a_wrong_heuristic_guess(tmp_path):
     assert restored, outcome
     assert checked.causes[0].id in restored and checked.causes[0].id != top_guess
     assert any("verified by experiment" in line for line in checked.causes[0].evidence)
+    listed = json.loads(json.dumps(checked.to_json()))["verification"]  # what `diagnose --verify --json` prints
+    assert {v["id"]: v["outcome"] for v in listed} == outcome
+    assert all(v["patched"]["status"] and v["baseline"]["status"] for v in listed)
+    assert "verification" not in guessed.to_json()

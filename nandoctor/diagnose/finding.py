@@ -45,7 +45,9 @@ class Diagnosis:
         causes = self.causes if top is None else self.causes[:top]
         return {"schema": 1, "run": self.run, "status": self.status, "healthy": self.healthy,
                 "verdict": self.verdict, "first_nonfinite": self.first_nonfinite,
-                "causes": [c.to_json() for c in causes], **({"ranks": self.ranks} if self.ranks is not None else {})}
+                "causes": [c.to_json() for c in causes],
+                **({"verification": self.verification} if self.verification else {}),
+                **({"ranks": self.ranks} if self.ranks is not None else {})}
 
 
 @dataclass(frozen=True)
