@@ -140,9 +140,7 @@ def _probe_trainer(trainer) -> None:
     model = trainer.model
     model.params, model.grads = model.params.view(Probe), model.grads.view(Probe)
     for layer, spans in zip(model.layers, model.slices, strict=True):
-        shapes = dict(layer.param_shapes())
-        layer.bind({k: model.params[s].reshape(shapes[k]) for k, s in spans.items()},
-                   {k: model.grads[s].reshape(shapes[k]) for k, s in spans.items()})
+        layer.bind(model.params, model.grads, spans)
         for buf in layer._sets.values():
             for k, v in vars(buf).items():
                 if type(v) is np.ndarray:

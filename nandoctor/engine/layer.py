@@ -4,6 +4,11 @@ Parameters are views into the model's flat buffers, so the optimizer and the tel
 one array while the layer sees (fan_in, fan_out) matrices. Every intermediate lives in a buffer
 set per batch size and stays readable after the step (x, lin, z, a, out, dout, dz), which is what
 telemetry reads instead of recomputing.
+
+The bias rides in the matrix products: b directly follows W in the flat buffer, so [W; b] is one
+(fan_in + 1, fan_out) view, and each layer writes its output into a buffer with a trailing column
+of ones. Then lin = [x 1] [W; b] and [dW; db] = [x 1]^T dlin are one GEMM each, with no separate
+bias add or bias-gradient reduction.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ MAX_BUFFER_SETS = 4
 
 class Dense:
     def __init__(self, index: int, fan_in: int, fan_out: int, activation: Activation, *,
-                 batch_norm: bool, dropout: float, dtype, rng: np.random.Generator):
+                 batch_norm: bool, dropout: float, dtype, rng: np.random.Generator, feeds_next: bool = False):
         self.index, self.fan_in, self.fan_out = index, fan_in, fan_out
         self.act, self.batch_norm, self.dropout = activation, batch_norm, dropout
+        self.feeds_next = feeds_next  # another layer reads the output: give it the ones column
         self.dtype, self.rng = np.dtype(dtype), rng
         self.running_mean = np.zeros(fan_out, dtype) if batch_norm else None
         self.running_var = np.ones(fan_out, dtype) if batch_norm else None
@@ -40,9 +46,17 @@ class Dense:
             shapes += [("gamma", (self.fan_out,)), ("beta", (self.fan_out,))]
         return shapes
 
-    def bind(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
-        self.W, self.b, self.gamma, self.beta = (params.get(k) for k in ("W", "b", "gamma", "beta"))
-        self.dW, self.db, self.dgamma, self.dbeta = (grads.get(k) for k in ("W", "b", "gamma", "beta"))
+    def bind(self, params: np.ndarray, grads: np.ndarray, spans: dict[str, slice]) -> None:
+        """Take views of this layer's parameters and gradients in the model's flat buffers."""
+        shapes = dict(self.param_shapes())
+        p = {k: params[s].reshape(shapes[k]) for k, s in spans.items()}
+        g = {k: grads[s].reshape(shapes[k]) for k, s in spans.items()}
+        self.W, self.b, self.gamma, self.beta = (p.get(k) for k in ("W", "b", "gamma", "beta"))
+        self.dW, self.db, self.dgamma, self.dbeta = (g.get(k) for k in ("W", "b", "gamma", "beta"))
+        assert spans["W"].stop == spans["b"].start, "the bias must follow W in the flat buffer"
+        wb = slice(spans["W"].start, spans["b"].stop)
+        self.Wb = params[wb].reshape(self.fan_in + 1, self.fan_out)
+        self.dWb = grads[wb].reshape(self.fan_in + 1, self.fan_out)
 
     def _buffers(self, batch: int, train: bool) -> SimpleNamespace:
         key = (batch, train)
@@ -50,36 +64,50 @@ class Dense:
         if s is None:
             if len(self._sets) >= MAX_BUFFER_SETS:
                 self._sets.clear()
-            shape, dt = (batch, self.fan_out), self.dtype
-            s = SimpleNamespace(lin=np.empty(shape, dt))
-            s.z = np.empty(shape, dt) if self.batch_norm else s.lin
-            s.a = np.empty(shape, dt)
-            s.drop = self.dropout > 0 and train
-            s.out = np.empty(shape, dt) if s.drop else s.a
-            s.mask = np.empty(shape, dt) if s.drop else None
-            if train:
-                s.dz = np.empty(shape, dt)
-                s.da = np.empty(shape, dt) if s.drop else None
-                s.dlin = np.empty(shape, dt) if self.batch_norm else s.dz
-                s.dx = np.empty((batch, self.fan_in), dt) if self.index > 0 else None
-            self._sets[key] = s
+            s = self._sets[key] = self._new_buffers(batch, train)
         return s
 
-    def forward(self, x: np.ndarray, train: bool, skip_activation: bool = False) -> np.ndarray:
-        """x: (batch, fan_in) -> out: (batch, fan_out). With skip_activation the loss fills `a`."""
+    def _new_buffers(self, batch: int, train: bool) -> SimpleNamespace:
+        shape, dt = (batch, self.fan_out), self.dtype
+        s = SimpleNamespace(lin=np.empty(shape, dt), xa=None, out_aug=None)
+        s.z = np.empty(shape, dt) if self.batch_norm else s.lin
+        s.a = s.z if self.act.name == "linear" else np.empty(shape, dt)  # linear returns z itself
+        s.drop = self.dropout > 0 and train
+        s.out = np.empty(shape, dt) if s.drop else s.a
+        s.mask = np.empty(shape, dt) if s.drop else None
+        if self.feeds_next:  # whichever arrays alias the output become a view of the next input
+            s.out_aug = _with_ones(batch, self.fan_out, dt)
+            out, view = s.out, s.out_aug[:, :self.fan_out]
+            for name in ("lin", "z", "a", "out"):
+                if getattr(s, name) is out:
+                    setattr(s, name, view)
+        if train:
+            s.dz = np.empty(shape, dt)
+            s.da = np.empty(shape, dt) if s.drop else None
+            s.dlin = np.empty(shape, dt) if self.batch_norm else s.dz
+            s.dx = np.empty((batch, self.fan_in), dt) if self.index > 0 else None
+        return s
+
+    def forward(self, x: np.ndarray, train: bool, skip_activation: bool = False,
+                xa: np.ndarray | None = None) -> np.ndarray:
+        """x: (batch, fan_in) -> out: (batch, fan_out). xa: x with the ones column, as the previous
+        layer left it (the first layer builds its own). With skip_activation the loss fills `a`."""
         s = self.buf = self._buffers(x.shape[0], train)
         s.x = x
-        np.matmul(x, self.W, out=s.lin)
-        s.lin += self.b
+        if xa is None:  # the first layer: copy the input next to a column of ones
+            if s.xa is None:
+                s.xa = _with_ones(x.shape[0], self.fan_in, self.dtype)
+            xa = s.xa
+            xa[:, :-1] = x
+        s.x_aug = xa
+        np.matmul(xa, self.Wb, out=s.lin)
         if self.batch_norm:
             self._bn_forward(s, train)
         if skip_activation:
             return s.a
-        s.a = self.act.forward(s.z, s.a)
+        self.act.forward(s.z, s.a)
         if s.drop:
             self._dropout_forward(s)
-        else:
-            s.out = s.a
         return s.out
 
     def _dropout_forward(self, s: SimpleNamespace) -> None:
@@ -112,7 +140,7 @@ class Dense:
 
     def backward(self, dout: np.ndarray | None, dz: np.ndarray | None = None) -> np.ndarray | None:
         """dout: dL/d(out) (batch, fan_out); or dz given directly by a fused loss.
-        Fills dW = x^T dlin, db = sum dlin, returns dx = dlin W^T (None for the first layer)."""
+        Fills [dW; db] = [x 1]^T dlin, returns dx = dlin W^T (None for the first layer)."""
         s = self.buf
         s.dout = dout
         if dz is None:
@@ -120,8 +148,7 @@ class Dense:
             dz = self.act.backward(da, s.z, s.a, s.dz)
         s.dz_used = dz
         dlin = self._bn_backward(s, dz) if self.batch_norm else dz
-        np.matmul(s.x.T, dlin, out=self.dW)
-        np.add.reduce(dlin, axis=0, out=self.db)  # np.sum's Python wrapper costs more than the sum here
+        np.matmul(s.x_aug.T, dlin, out=self.dWb)
         if s.dx is None:
             return None
         return np.matmul(dlin, self.W.T, out=s.dx)
@@ -135,3 +162,10 @@ class Dense:
         t = n * dxhat - dxhat.sum(axis=0) - s.xhat * (dxhat * s.xhat).sum(axis=0)
         np.multiply(t, s.inv_std / n, out=s.dlin)
         return s.dlin
+
+
+def _with_ones(batch: int, cols: int, dtype) -> np.ndarray:
+    """A (batch, cols + 1) buffer whose last column is 1 (the bias input)."""
+    buf = np.empty((batch, cols + 1), dtype)
+    buf[:, cols] = 1
+    return buf

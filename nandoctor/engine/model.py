@@ -26,7 +26,8 @@ class MLP:
         for i, cfg in enumerate(layers):
             act = make_activation(cfg.activation, cfg.alpha)
             self.layers.append(Dense(i, fan_in, cfg.units, act, batch_norm=cfg.norm == "batch",
-                                     dropout=cfg.dropout, dtype=self.dtype, rng=dropout_rng))
+                                     dropout=cfg.dropout, dtype=self.dtype, rng=dropout_rng,
+                                     feeds_next=i < len(layers) - 1))
             fan_in = cfg.units
         self.slices: list[dict[str, slice]] = []
         total = 0
@@ -40,9 +41,7 @@ class MLP:
         self.params = np.zeros(total, self.dtype)
         self.grads = np.zeros(total, self.dtype)
         for layer, spans in zip(self.layers, self.slices, strict=True):
-            shapes = dict(layer.param_shapes())
-            layer.bind({k: self.params[s].reshape(shapes[k]) for k, s in spans.items()},
-                       {k: self.grads[s].reshape(shapes[k]) for k, s in spans.items()})
+            layer.bind(self.params, self.grads, spans)
         self._init(layers, seed)
 
     def __repr__(self) -> str:
@@ -64,9 +63,10 @@ class MLP:
     def forward(self, x: np.ndarray, train: bool, fused_output: bool = False) -> np.ndarray:
         """x: (batch, n_in) in the model dtype -> output activation (batch, units).
         With fused_output the last activation is left for the loss to compute from the logits."""
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            x = layer.forward(x, train, skip_activation=fused_output and i == last)
+        last, xa = self.layers[-1], None
+        for layer in self.layers:
+            x = layer.forward(x, train, fused_output and layer is last, xa)
+            xa = layer.buf.out_aug
         return x
 
     def backward(self, grad: np.ndarray, wrt: str) -> None:
