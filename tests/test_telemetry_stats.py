@@ -267,18 +267,29 @@ def test_recorded_statistics_match_a_float64_replay(tmp_path, dtype, rtol):
             assert rec("weight", "norm") == pytest.approx(np.linalg.norm(layer.W.astype(np.float64)), rel=1e-6)
 
 
-def test_update_ratio_is_relative_to_the_weights_before_the_update(tmp_path):
-    cfg = from_mapping(replay_config("float64"))
+@pytest.mark.parametrize("every", [1, 2])
+def test_update_ratio_is_relative_to_the_weights_before_the_update(tmp_path, every):
+    """every 1: step 2 reuses the norms recorded after step 1; every 2: the trainer measures them."""
+    cfg = from_mapping({**replay_config("float64"), "monitor": {"every": every}})
     _, run_dir, recorded = run_training(cfg, None, tmp_path / "run")
     run = load_run(run_dir)
+    recorded_steps = list(run.stat_steps)
+    assert recorded_steps == ([1, 2] if every == 1 else [2])
     cfg2, data = prepare(recorded, None)
     trainer = Trainer(cfg2, data)
     W = [layer.W.astype(np.float64) for layer in trainer.model.layers]
     b = [layer.b.astype(np.float64) for layer in trainer.model.layers]
-    _, _, _, _, hand = hand_step(trainer.X[:16], np.asarray(data.y_train)[:16], W, b, 0.05)
-    for i in range(2):
-        want = 0.05 * np.linalg.norm(hand[i]["dW"]) / np.linalg.norm(W[i])
-        assert run.stat("update", "ratio")[0, i] == pytest.approx(want, rel=1e-9)
+    y = np.asarray(data.y_train)
+    for k in (1, 2):
+        rows = slice(16 * (k - 1), 16 * k)
+        _, _, W_next, b, hand = hand_step(trainer.X[rows], y[rows], W, b, 0.05)
+        for i in range(2):
+            want = 0.05 * np.linalg.norm(hand[i]["dW"]) / np.linalg.norm(W[i])
+            if k in recorded_steps:
+                assert run.stat("update", "ratio")[recorded_steps.index(k), i] == pytest.approx(want, rel=1e-9)
+            after = 0.05 * np.linalg.norm(hand[i]["dW"]) / np.linalg.norm(W_next[i])
+            assert want != pytest.approx(after, rel=1e-9)  # so the check tells before from after
+        W = W_next
     # an update 1e38 times the gradient is not "as large as the weights"
     raw = {"seed": 0, "data": {"generator": "moons", "n_samples": 200},
            "model": {"layers": [{"units": 8, "activation": "relu"}, {"units": 2, "activation": "softmax"}]},
@@ -472,3 +483,133 @@ def test_a_step_that_stopped_before_backward_records_no_gradient_statistics(tmp_
     # ... but no gradient exists for it: it must not be reported as an all-zero gradient
     for tensor in ("grad_weight", "grad_bias", "update"):
         assert np.isnan(run.stat(tensor, "norm")[row]).all(), tensor
+
+
+# ---- the fast path against the original implementation --------------------------------------------
+
+def original_tensor_stats(x, *, precise=False, zeros=False, saturation=None, ratio=None):
+    """`tensor_stats` as first written (two-pass float64 std, numpy sums): the reference for the fast one."""
+    from nandoctor.telemetry.stats import saturated_fraction
+
+    flat = x.reshape(-1)
+    n = flat.size
+    if n == 0:
+        return (None,) * 10
+    if flat.dtype == np.float16:
+        flat = flat.astype(np.float32)
+    s2 = float(np.dot(flat, flat))
+    s1 = float(flat.sum(dtype=np.float64)) if precise else float(flat.sum())
+    nonfinite = 0.0
+    if not (math.isfinite(s2) and math.isfinite(s1)):
+        finite = np.isfinite(flat)
+        good = np.count_nonzero(finite)
+        nonfinite = (n - good) / n
+        if good < n:
+            flat = flat[finite]
+            if not good:
+                return (None, None, None, None, None, math.inf, 1.0, None, None, None)
+        wide = flat.astype(np.float64)
+        s1, s2 = float(wide.sum()), float(np.dot(wide, wide))
+        n = flat.size
+    mn, mx = float(flat.min()), float(flat.max())
+    mean = s1 / n
+    std = float(flat.std(dtype=np.float64)) if precise else math.sqrt(max(s2 / n - mean * mean, 0.0))
+    norm = math.sqrt(s2) if not nonfinite else math.inf
+    zero = 1.0 - np.count_nonzero(flat) / n if zeros else None
+    sat = None
+    if saturation:
+        sat_in = x
+        if nonfinite:
+            sat_in = x[np.isfinite(x).all(axis=1)] if saturation == "softmax" and x.ndim == 2 else flat
+        sat = saturated_fraction(sat_in, saturation)
+    return (mean, std, mn, mx, max(-mn, mx), norm, nonfinite, sat, zero, ratio)
+
+
+def random_tensor(rng, dtype):
+    shape = [(1,), (17,), (5, 3), (64, 33), (3, 700)][rng.integers(5)]
+    x = rng.normal(rng.choice([0.0, 1.0, -50.0]), rng.choice([1e-3, 1.0, 30.0]), shape)
+    x[rng.random(shape) < 0.2] = 0.0
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_fast_path_agrees_with_the_original_on_finite_tensors(dtype):
+    rng = np.random.default_rng(11)
+    rtol = {np.float16: 1e-5, np.float32: 1e-5, np.float64: 1e-11}[dtype]
+    for _ in range(200):
+        x = random_tensor(rng, dtype)
+        for kw in ({}, {"precise": True, "zeros": True}, {"zeros": True, "saturation": "tanh", "ratio": 0.5}):
+            got, want = tensor_stats(x, **kw), original_tensor_stats(x, **kw)
+            assert got[2:4] == want[2:4] and got[6:] == want[6:]  # min, max, counts: exact
+            scale = float(np.abs(x.astype(np.float64)).max())
+            assert got[0] == pytest.approx(want[0], rel=rtol, abs=rtol * scale)  # mean
+            assert got[1] == pytest.approx(want[1], rel=rtol, abs=rtol * scale)  # std
+            assert got[5] == pytest.approx(want[5], rel=rtol)  # norm
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_tensors_with_nan_or_inf_give_exactly_the_original_statistics(dtype):
+    rng = np.random.default_rng(12)
+    for k in range(200):
+        x = random_tensor(rng, dtype)
+        bad = rng.random(x.shape) < [0.0, 0.01, 0.5, 1.0][k % 4]
+        bad.reshape(-1)[-1] = True  # at least one non-finite entry (the first one: the fast path's shift)
+        bad.reshape(-1)[0] |= k % 2 == 0
+        x[bad] = rng.choice([np.nan, np.inf, -np.inf], size=int(bad.sum()))
+        for kw in ({}, {"precise": True, "zeros": True, "saturation": "sigmoid"}):
+            with np.errstate(all="ignore"):
+                got, want = tensor_stats(x, **kw), original_tensor_stats(x, **kw)
+            assert got == want
+
+
+def test_float32_overflowing_squares_take_the_original_float64_path():
+    x = np.array([[3e19, -2e19], [1e19, 5e19]], dtype=np.float32)
+    with np.errstate(over="ignore"):
+        for precise in (False, True):
+            assert tensor_stats(x, precise=precise) == original_tensor_stats(x, precise=precise)
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [(np.float32, 1e-6), (np.float64, 1e-12)])
+@pytest.mark.parametrize(("mean", "spread"), [(1e4, 1.0), (-3e5, 0.5), (1e3, 1e-2), (0.5, 0.1)])
+def test_shifted_std_of_activations_with_a_mean_far_above_their_spread(dtype, rtol, mean, spread):
+    """The one-pass variance around the first entry (or the mean) against a float64 two-pass std."""
+    rng = np.random.default_rng(3)
+    x = (mean + spread * rng.standard_normal((128, 256))).astype(dtype)
+    ref = x.astype(np.float64)
+    got = as_dict(tensor_stats(x, precise=True))
+    assert got["std"] == pytest.approx(ref.std(), rel=rtol)
+    assert got["mean"] == pytest.approx(ref.mean(), rel=rtol)
+    assert got["norm"] == pytest.approx(np.linalg.norm(ref), rel=rtol)
+    # the plain one-pass formula of the weights would fail here (a sanity check of the test itself)
+    if dtype == np.float32 and abs(mean) > 1e3 * spread:
+        assert as_dict(tensor_stats(x))["std"] != pytest.approx(ref.std(), rel=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_shifted_std_when_the_first_entry_is_an_outlier(dtype):
+    rng = np.random.default_rng(4)
+    x = (1e3 + rng.standard_normal(4096)).astype(dtype)
+    x[0] = 1e7  # the shift is far from the mean: the variance is redone around the mean
+    ref = x.astype(np.float64)
+    got = as_dict(tensor_stats(x, precise=True, zeros=True))
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    check(got, {**expected(ref), "zero": 0.0}, rtol=tol)
+    const = np.full((3, 5), 7.25, dtype)
+    assert as_dict(tensor_stats(const, precise=True))["std"] == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_strided_views_are_read_in_place_with_the_statistics_of_a_copy(dtype):
+    """The engine's outputs are (batch, units) views of a buffer with a trailing column of ones."""
+    rng = np.random.default_rng(5)
+    aug = np.ones((64, 41), dtype)
+    aug[:, :40] = rng.normal(2.0, 0.5, (64, 40))
+    aug[::3, :40] = 0.0
+    view = aug[:, :40]
+    assert not view.flags.c_contiguous
+    for kw in ({}, {"precise": True, "zeros": True, "saturation": "sigmoid"}):
+        got, want = tensor_stats(view, **kw), original_tensor_stats(np.ascontiguousarray(view), **kw)
+        assert got[2:4] == want[2:4] and got[6:] == want[6:]
+        assert got[:2] + got[4:6] == pytest.approx(want[:2] + want[4:6], rel=1e-5 if dtype != np.float64 else 1e-12)
+    cube = rng.normal(size=(4, 5, 6)).astype(dtype)
+    assert tensor_stats(cube, precise=True) == pytest.approx(tensor_stats(cube.reshape(20, 6), precise=True))

@@ -49,6 +49,7 @@ class Monitor:
         self.spikes = 0
         self.last_step = 0
         self.scale = math.inf  # median of the first losses: spikes must also be large in absolute terms
+        self.weight_norms: list[float | None] = []  # |W| per layer at the end of step last_recorded
 
     # ---- observer hooks -----------------------------------------------------------------------
     def start(self, trainer) -> None:
@@ -79,7 +80,9 @@ class Monitor:
         if self._sampled(info.step) or anomaly or info.step == trainer.total_steps:
             self.record_layers(trainer, info.step)
         nxt = info.step + 1
-        trainer.track_weight_norms = self._sampled(nxt) or nxt == trainer.total_steps
+        # the weights before step nxt's update are the ones just recorded, if this step was recorded
+        trainer.track_weight_norms = ((self._sampled(nxt) or nxt == trainer.total_steps)
+                                      and self.last_recorded != info.step)
 
     def _sampled(self, step: int) -> bool:
         return step <= self.dense or step % self.stride == 0
@@ -118,13 +121,15 @@ class Monitor:
                               {"loss": loss, "running_median": self.median})
         return spike
 
-    @staticmethod
-    def _ratio(trainer, i: int, w: np.ndarray, u: np.ndarray, u_norm: float | None) -> float | None:
-        """|update| / |W before the update|. The trainer measured |W| for the steps we sample; on an
-        unforeseen anomaly step W - u recovers it (if that cancels to 0 the update dwarfed W)."""
+    def _ratio(self, trainer, step: int, i: int, w: np.ndarray, u: np.ndarray, u_norm: float | None) -> float | None:
+        """|update| / |W before the update|: the norm recorded at the end of the previous step, else
+        the one the trainer measured for a sampled step; on an unforeseen anomaly step W - u recovers
+        it (if that cancels to 0 the update dwarfed W)."""
         if u_norm is None:
             return None
-        if trainer.track_weight_norms and len(trainer.weight_norms) > i:
+        if self.last_recorded == step - 1 and len(self.weight_norms) > i:
+            wn = self.weight_norms[i]
+        elif trainer.track_weight_norms and len(trainer.weight_norms) > i:
             wn = trainer.weight_norms[i]
         else:
             wn = tensor_stats(w - u if trainer.update_applied else w)[5]
@@ -134,28 +139,30 @@ class Monitor:
 
     def record_layers(self, trainer, step: int) -> None:
         """Per-layer statistics from the buffers the step left behind (nothing is recomputed)."""
-        self.last_recorded = step
-        w, model, upd = self.writer, trainer.model, trainer.update
+        model, upd, rows, norms = trainer.model, trainer.update, [], []
         for layer, spans in zip(model.layers, model.slices, strict=True):
             s, i, act = layer.buf, layer.index, layer.act
             if s is None:
                 continue
             sat = act.name if act.saturating else None
-            w.stats(step, i, "pre_activation", tensor_stats(s.lin, precise=True))
+            rows.append((step, i, "pre_activation", *tensor_stats(s.lin, precise=True)))
             if layer.batch_norm:
-                w.stats(step, i, "normalized", tensor_stats(s.z, precise=True))
-            w.stats(step, i, "activation", tensor_stats(s.a, precise=True, zeros=True, saturation=sat))
+                rows.append((step, i, "normalized", *tensor_stats(s.z, precise=True)))
+            rows.append((step, i, "activation", *tensor_stats(s.a, precise=True, zeros=True, saturation=sat)))
             weight = tensor_stats(layer.W)
-            w.stats(step, i, "weight", weight)
-            w.stats(step, i, "bias", tensor_stats(layer.b))
+            norms.append(weight[5])
+            rows.append((step, i, "weight", *weight))
+            rows.append((step, i, "bias", *tensor_stats(layer.b)))
             if not trainer.backward_ran:
                 continue  # the step stopped at the loss: gradient buffers still hold the previous step
-            w.stats(step, i, "grad_weight", tensor_stats(layer.dW, zeros=True))
-            w.stats(step, i, "grad_bias", tensor_stats(layer.db, zeros=True))
+            rows.append((step, i, "grad_weight", *tensor_stats(layer.dW, zeros=True)))
+            rows.append((step, i, "grad_bias", *tensor_stats(layer.db, zeros=True)))
             dout = getattr(s, "dout", None)
             if dout is not None and dout.shape == s.a.shape:
-                w.stats(step, i, "grad_output", tensor_stats(dout, zeros=True))
-            u_w = upd[spans["W"]]
+                rows.append((step, i, "grad_output", *tensor_stats(dout, zeros=True)))
+            u_w = upd[spans["W"]].reshape(layer.W.shape)  # 2-D: its sum is one matrix-vector product
             u = tensor_stats(u_w)
-            ratio = self._ratio(trainer, i, layer.W.reshape(-1), u_w, u[5])
-            w.stats(step, i, "update", (*u[:9], ratio))
+            ratio = self._ratio(trainer, step, i, layer.W, u_w, u[5])
+            rows.append((step, i, "update", *u[:9], ratio))
+        self.writer.stat_rows(rows)
+        self.last_recorded, self.weight_norms = step, norms

@@ -79,6 +79,11 @@ class RunWriter:
     def stats(self, step: int, layer: int, tensor: str, values: tuple) -> None:
         self._stats.append((step, layer, tensor, *map(_num, values)))
 
+    def stat_rows(self, rows: list[tuple]) -> None:
+        """(step, layer, tensor, *values) rows holding only Python floats and None, as `tensor_stats`
+        returns them: no per-value conversion (SQLite itself stores a NaN as NULL)."""
+        self._stats.extend(rows)
+
     def epoch(self, record: dict, dead: list[tuple[int, int, int]]) -> None:
         self.db.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?, ?, ?)",
                         (record["epoch"], *(_num(record[k]) for k in
