@@ -41,45 +41,49 @@ class CrossEntropy(Loss):
 
     name = "cross_entropy"
 
+    def __init__(self, cfg: LossConfig, activation: str):
+        super().__init__(cfg, activation)
+        self.rows = np.arange(0)
+
     @property
     def fused(self) -> bool:
         return self.activation == "softmax"
 
-    def _rows(self, b: int) -> np.ndarray:
-        rows = getattr(self, "_rows_cache", None)
-        if rows is None or len(rows) != b:
-            rows = self._rows_cache = np.arange(b)
-        return rows
+    def _pick(self, arr: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """arr[row, label] for each row. Labels the output cannot represent are rare, so they are
+        found by the IndexError they raise: they pick column 0 and are marked invalid."""
+        rows = self.rows
+        if len(rows) != len(y):
+            rows = self.rows = np.arange(len(y))
+        self.valid, self.yy = True, y
+        try:
+            return arr[rows, y]
+        except IndexError:
+            self.valid = y < arr.shape[1]
+            self.yy = np.where(self.valid, y, 0)
+            return arr[rows, self.yy]
 
     def forward(self, z, a, y):
-        b = z.shape[0]
-        rows = self._rows(b)
-        self.y, self.rows, self.a = y, rows, a
-        self.k = self.scale(b)
-        # labels the output cannot represent are rare: one max() decides whether to look for them
-        all_valid = b == 0 or int(y.max()) < z.shape[1]
-        valid = True if all_valid else y < z.shape[1]
-        yy = y if all_valid else np.where(valid, y, 0)
-        if self.fused and self.stable:
-            np.subtract(z, z.max(axis=1, keepdims=True), out=a)
-            picked = a[rows, yy]
+        self.a, self.k = a, self.scale(z.shape[0])
+        if self.fused and self.stable:  # log-softmax: sum(log sum exp(z - max)) - sum((z - max)[label])
+            np.subtract(z, np.maximum.reduce(z, axis=1, keepdims=True), out=a)
+            shifted = self._pick(a, y)
             np.exp(a, out=a)
             s = np.add.reduce(a, axis=1, keepdims=True)
-            a /= s
-            per = np.log(s[:, 0]) - picked
+            np.divide(a, s, out=a)
+            total = float(np.add.reduce(np.log(s, out=s), axis=None)) - float(np.add.reduce(shifted))
         else:
             if self.fused:  # textbook softmax: overflow in exp(z) really happens
                 np.exp(z, out=a)
                 a /= a.sum(axis=1, keepdims=True)
-            p = a[rows, yy]
+            p = self._pick(a, y)
             if self.stable:
                 p = np.clip(p, P_CLIP, 1 - P_CLIP)
-            per = -np.log(p)
             self.p = p
-        if not all_valid:  # labels the output cannot represent: probability 0
-            per = np.where(valid, per, np.inf).astype(z.dtype)
-        self.valid, self.yy = valid, yy
-        return float(per.sum(dtype=z.dtype) * z.dtype.type(self.k))
+            total = -float(np.log(p).sum(dtype=z.dtype))
+        if self.valid is not True:  # a label the output cannot represent has probability 0
+            total += np.inf
+        return total * self.k
 
     def backward(self, out):
         if self.fused:
