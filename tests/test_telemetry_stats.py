@@ -613,3 +613,34 @@ def test_strided_views_are_read_in_place_with_the_statistics_of_a_copy(dtype):
         assert got[:2] + got[4:6] == pytest.approx(want[:2] + want[4:6], rel=1e-5 if dtype != np.float64 else 1e-12)
     cube = rng.normal(size=(4, 5, 6)).astype(dtype)
     assert tensor_stats(cube, precise=True) == pytest.approx(tensor_stats(cube.reshape(20, 6), precise=True))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_stats_many_packs_small_tensors_and_agrees_with_tensor_stats(dtype):
+    from nandoctor.telemetry.stats import PACK_MAX, stats_many
+
+    rng = np.random.default_rng(6)
+    specs = []
+    for k in range(60):
+        x = random_tensor(rng, dtype)
+        if k % 5 == 0:
+            x = np.ones((3, PACK_MAX + 1), dtype) * x.reshape(-1)[0]  # one too big to pack
+        if k % 7 == 0:
+            x.reshape(-1)[k % x.size] = [np.nan, np.inf][k % 2]  # redone by tensor_stats, exactly
+        specs.append((x, k % 2 == 0, k % 3 == 0, ["tanh", None, "softmax"][k % 3]))
+    specs.append((np.empty((0, 3), dtype), True, True, None))
+    with np.errstate(all="ignore"):
+        got = stats_many(specs)
+        want = [original_tensor_stats(x, precise=p, zeros=z, saturation=s) for x, p, z, s in specs]
+    assert got.pop() == (None,) * 10
+    for (x, *_), g, w in zip(specs, got, want, strict=False):
+        if not np.isfinite(x).all():
+            assert g == w
+            continue
+        assert g[2:4] == w[2:4] and g[6:] == w[6:]
+        scale = float(np.abs(x.astype(np.float64)).max()) if x.size else 0.0
+        tol = 1e-11 if dtype == np.float64 else 1e-5
+        for j in (0, 4, 5):
+            assert g[j] == pytest.approx(w[j], rel=tol, abs=tol * scale), j
+        if x.size <= PACK_MAX:  # packed: a float64 two-pass std, closer to the truth than the one-pass formula
+            assert g[1] == pytest.approx(float(x.astype(np.float64).std()), rel=tol, abs=tol * scale)

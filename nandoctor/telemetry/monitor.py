@@ -20,7 +20,7 @@ import numpy as np
 
 from nandoctor.config import Config
 from nandoctor.telemetry.preflight import preflight
-from nandoctor.telemetry.stats import tensor_stats
+from nandoctor.telemetry.stats import stats_many, tensor_stats
 from nandoctor.telemetry.store import RunWriter
 
 AUTO_DENSE_STEPS = 20
@@ -139,30 +139,33 @@ class Monitor:
 
     def record_layers(self, trainer, step: int) -> None:
         """Per-layer statistics from the buffers the step left behind (nothing is recomputed)."""
-        model, upd, rows, norms = trainer.model, trainer.update, [], []
+        model, upd = trainer.model, trainer.update
+        keys, specs, updates = [], [], []
         for layer, spans in zip(model.layers, model.slices, strict=True):
             s, i, act = layer.buf, layer.index, layer.act
             if s is None:
                 continue
-            sat = act.name if act.saturating else None
-            rows.append((step, i, "pre_activation", *tensor_stats(s.lin, precise=True)))
+            tensors = [("pre_activation", s.lin, True, False, None)]
             if layer.batch_norm:
-                rows.append((step, i, "normalized", *tensor_stats(s.z, precise=True)))
-            rows.append((step, i, "activation", *tensor_stats(s.a, precise=True, zeros=True, saturation=sat)))
-            weight = tensor_stats(layer.W)
-            norms.append(weight[5])
-            rows.append((step, i, "weight", *weight))
-            rows.append((step, i, "bias", *tensor_stats(layer.b)))
-            if not trainer.backward_ran:
-                continue  # the step stopped at the loss: gradient buffers still hold the previous step
-            rows.append((step, i, "grad_weight", *tensor_stats(layer.dW, zeros=True)))
-            rows.append((step, i, "grad_bias", *tensor_stats(layer.db, zeros=True)))
-            dout = getattr(s, "dout", None)
-            if dout is not None and dout.shape == s.a.shape:
-                rows.append((step, i, "grad_output", *tensor_stats(dout, zeros=True)))
-            u_w = upd[spans["W"]].reshape(layer.W.shape)  # 2-D: its sum is one matrix-vector product
-            u = tensor_stats(u_w)
-            ratio = self._ratio(trainer, step, i, layer.W, u_w, u[5])
-            rows.append((step, i, "update", *u[:9], ratio))
-        self.writer.stat_rows(rows)
-        self.last_recorded, self.weight_norms = step, norms
+                tensors.append(("normalized", s.z, True, False, None))
+            tensors += [("activation", s.a, True, True, act.name if act.saturating else None),
+                        ("weight", layer.W, False, False, None), ("bias", layer.b, False, False, None)]
+            if trainer.backward_ran:  # else the gradient buffers still hold the previous step
+                tensors += [("grad_weight", layer.dW, False, True, None), ("grad_bias", layer.db, False, True, None)]
+                dout = getattr(s, "dout", None)
+                if dout is not None and dout.shape == s.a.shape:
+                    tensors.append(("grad_output", dout, False, True, None))
+                updates.append(len(keys) + len(tensors))
+                # 2-D, so its sum is one matrix-vector product
+                tensors.append(("update", upd[spans["W"]].reshape(layer.W.shape), False, False, None))
+            keys += [(step, i, name) for name, *_ in tensors]
+            specs += [spec for _, *spec in tensors]
+        values = stats_many(specs)
+        by_layer = {key[1]: k for k, key in enumerate(keys) if key[2] == "weight"}
+        for k in updates:
+            i, u = keys[k][1], values[k]
+            values[k] = (*u[:9], self._ratio(trainer, step, i, model.layers[i].W, specs[k][0], u[5]))
+        self.writer.stat_rows([(*key, *v) for key, v in zip(keys, values, strict=True)])
+        self.last_recorded = step
+        self.weight_norms = [values[by_layer[layer.index]][5] if layer.index in by_layer else None
+                             for layer in model.layers]

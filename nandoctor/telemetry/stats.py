@@ -18,6 +18,7 @@ SATURATION = 0.01  # within 1 % of an output limit, where the derivative is belo
 # grows with (mean - c)^2 / var, so a shift (first entry) farther than this from the mean is retried at
 # the mean, where the formula is the two-pass one.
 SHIFT_SLACK = 4.0
+PACK_MAX = 2048  # tensors up to this size are summarised together (`stats_many`): call overhead dominates them
 
 _SCRATCH: dict[tuple[str, np.dtype], np.ndarray] = {}  # grown on demand; telemetry runs on one thread
 
@@ -66,6 +67,45 @@ def tensor_stats(x: np.ndarray, *, precise: bool = False, zeros: bool = False,
         zero = 1.0 - np.count_nonzero(np.not_equal(m, 0, out=_scratch("bool", n, np.bool_).reshape(m.shape))) / n
     sat = saturated_fraction(x, saturation) if saturation else None
     return (mean, std, mn, mx, max(-mn, mx), norm, 0.0, sat, zero, ratio)
+
+
+def stats_many(specs: list[tuple[np.ndarray, bool, bool, str | None]]) -> list[tuple]:
+    """`tensor_stats` (ratio None) of each (x, precise, zeros, saturation). Small tensors are copied
+    into one float64 buffer and reduced per segment, a dozen numpy calls for all of them; their
+    std is the two-pass one in float64. A segment with NaN/Inf is redone by `tensor_stats`."""
+    out: list = [None] * len(specs)
+    small = []
+    for k, (x, precise, zeros, saturation) in enumerate(specs):
+        if 0 < x.size <= PACK_MAX:
+            small.append(k)
+        else:
+            out[k] = tensor_stats(x, precise=precise, zeros=zeros, saturation=saturation)
+    if not small:
+        return out
+    arrays = [specs[k][0].reshape(-1) for k in small]
+    sizes = np.array([a.size for a in arrays])
+    starts = np.zeros(len(arrays), np.intp)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    total = int(starts[-1] + sizes[-1])
+    pack = np.concatenate(arrays, out=_scratch("pack", total, np.float64))
+    work = _scratch("pack_work", total, np.float64)
+    s1 = np.add.reduceat(pack, starts)
+    s2 = np.add.reduceat(np.multiply(pack, pack, out=work), starts)
+    np.subtract(pack, np.repeat(s1 / sizes, sizes), out=work)
+    centred = np.add.reduceat(np.multiply(work, work, out=work), starts)
+    mn, mx = np.minimum.reduceat(pack, starts), np.maximum.reduceat(pack, starts)
+    nonzero = np.add.reduceat(np.not_equal(pack, 0, out=_scratch("bool", total, np.bool_)), starts, dtype=np.intp)
+    finite = (np.isfinite(s1) & np.isfinite(s2)).tolist()
+    table = np.column_stack([s1 / sizes, np.sqrt(centred / sizes), mn, mx, np.maximum(-mn, mx), np.sqrt(s2),
+                             1.0 - nonzero / sizes]).tolist()
+    for k, row, ok in zip(small, table, finite, strict=True):
+        x, precise, zeros, saturation = specs[k]
+        if not ok:
+            out[k] = tensor_stats(x, precise=precise, zeros=zeros, saturation=saturation)
+            continue
+        sat = saturated_fraction(x, saturation) if saturation else None
+        out[k] = (*row[:6], 0.0, sat, row[6] if zeros else None, None)
+    return out
 
 
 def _sum(m: np.ndarray) -> float:
