@@ -3,8 +3,9 @@
 For each benchmark shape three loops run interleaved in one process: the bare `Trainer.train_step`,
 the step plus `Monitor.step` at the default `monitor.every: auto` (past its dense start, so the
 sampled stride applies), and the step plus `Monitor.step` at `every: 1` (per-layer statistics on
-every step). Each writes a real SQLite run store in a temporary directory. Targets (issue 4):
-<= 5 % at the default and <= 15 % at every step on 784-256-256-10, batch 128.
+every step). Each writes a real SQLite run store in a temporary directory. All three run under the
+BLAS thread count `Trainer.run` would use for the shape. Targets (issue 4): <= 5 % at the default and
+<= 15 % at every step on 784-256-256-10, batch 128.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from bench._util import LR, SETTLE_S, SHAPES, Timer, batches, interleave, make_trainer
+from bench._util import LR, SETTLE_S, SHAPES, CpuWatch, Timer, batches, interleave, make_trainer
 
 BLOCK_S, BLOCKS = 0.2, 8
 QUICK_BLOCK_S, QUICK_BLOCKS = 0.08, 3
@@ -66,6 +67,7 @@ def _bare_step(shape):
         xb, yb = data[i % n]
         trainer.train_step(xb, yb, LR)
 
+    step.trainer = trainer  # type: ignore[attr-defined]
     return step
 
 
@@ -76,12 +78,14 @@ def run(quick: bool) -> Table:
     for col in ("shape", "batch", "bare steps/s", "auto steps/s", "overhead auto", "every:1 steps/s",
                 "overhead every:1", "target (auto / every:1)"):
         table.add_column(col, justify="left" if col == "shape" else "right")
+    watch = CpuWatch()
     with tempfile.TemporaryDirectory(prefix="nandoctor-bench-") as tmp:
         root = Path(tmp)
         for shape in SHAPES:
             steps = [_bare_step(shape), _monitored_step(shape, "auto", root), _monitored_step(shape, 1, root)]
-            timers = [Timer(s, block_s) for s in steps]
-            interleave(timers, blocks, SETTLE_S)
+            with steps[0].trainer.blas_threads():
+                timers = [Timer(s, block_s) for s in steps]
+                interleave(timers, blocks, SETTLE_S)
             for s in steps[1:]:
                 s.monitor.writer.close()
             bare, auto, every = (t.best for t in timers)
@@ -90,5 +94,5 @@ def run(quick: bool) -> Table:
                           f"{every:,.0f}", f"{bare / every - 1:+.1%}",
                           f"<= {target[0]:.0%} / <= {target[1]:.0%}" if target else "-")
     table.caption = ("overhead = bare rate / monitored rate - 1 (best of interleaved blocks); `auto` samples every "
-                     f"max(10, total/4000)-th step of a long run; {blocks} blocks of ~{block_s}s each")
+                     f"max(10, total/4000)-th step of a long run; {blocks} blocks of ~{block_s}s each\n{watch.note()}")
     return table
