@@ -146,8 +146,10 @@ def _probe_trainer(trainer) -> None:
                 if type(v) is np.ndarray:
                     setattr(buf, k, v.view(Probe))
     trainer.optimizer.params = model.params
-    trainer.optimizer.tmp = trainer.optimizer.tmp.view(Probe)
-    trainer.update = trainer.update.view(Probe)
+    for name in ("tmp", "chunk"):
+        if hasattr(trainer.optimizer, name):
+            setattr(trainer.optimizer, name, getattr(trainer.optimizer, name).view(Probe))
+    trainer._update = trainer._update.view(Probe)
     trainer._grad_bufs = {k: v.view(Probe) for k, v in trainer._grad_bufs.items()}
 
 

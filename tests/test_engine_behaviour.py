@@ -161,6 +161,20 @@ def test_tiny_update_is_lost_in_float16_but_not_in_float32():
     assert moved == {"float16": False, "float32": True}  # ... and vanished only in float16
 
 
+@pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.1}, {"name": "adam", "lr": 0.01}])
+def test_update_is_exactly_what_the_step_added(optimizer):
+    """trainer.update (computed on demand after SGD's fused step) is the update the weights got."""
+    data = blobs()
+    trainer = Trainer(config([{"units": 16, "activation": "relu"}, {"units": 3, "activation": "softmax"}],
+                             optimizer=optimizer, dtype="float32"), data)
+    x, y = trainer.X[:32], trainer.Y[:32]
+    for _ in range(3):
+        before = trainer.model.params.copy()
+        assert trainer.train_step(x, y, 0.1)[2] is None
+        np.testing.assert_array_equal(trainer.model.params, before + trainer.update)
+        assert np.abs(trainer.update).max() > 0
+
+
 # ---- metrics -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("loss", "out"), [("cross_entropy", {"units": 3, "activation": "softmax"}),

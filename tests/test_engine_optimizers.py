@@ -122,6 +122,21 @@ def test_momentum_buffer_starts_at_the_gradient():
     np.testing.assert_array_equal(upd, [-1.0, 3.0])  # not (1 - 0.9) g, not 0.9 * 0 + g with dampening
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_sgd_apply_adds_exactly_the_computed_update(dtype):
+    """SGD's chunked in-place step equals computing the update and adding it, bit for bit, across
+    several chunks and a ragged last one; with weight decay it declines and leaves the weights."""
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(100_003).astype(dtype)
+    g = rng.standard_normal(p0.size).astype(dtype)
+    params = p0.copy()
+    opt = make_optimizer(opt_config(name="sgd", lr=0.1), params)
+    assert opt.apply(params, g, 0.1)
+    np.testing.assert_array_equal(params, p0 + opt.compute(g, 0.1, np.empty_like(p0)))
+    decayed = make_optimizer(opt_config(name="sgd", lr=0.1, weight_decay=0.5), params)
+    assert not decayed.apply(params, g, 0.1)
+
+
 # ---- clipping --------------------------------------------------------------------------------
 
 def test_clip_value():

@@ -100,7 +100,10 @@ class Trainer:
         total = t.epochs * self.steps_per_epoch
         self.total_steps = min(total, t.max_steps) if t.max_steps else total
         self.schedule = make_schedule(cfg.schedule, cfg.optimizer.lr, t.epochs, self.total_steps)
-        self.update = np.zeros_like(self.model.params)
+        self._update = np.zeros_like(self.model.params)
+        self._update_lr: float | None = None  # set when `update` is still to be computed (fused SGD step)
+        self._stop, self._fused = t.stop_on_nonfinite, self.loss.fused  # read once, not every step
+        self._clips = cfg.optimizer.clip_value is not None or cfg.optimizer.clip_norm is not None
         self._next = np.empty_like(self.model.params) if self.dtype == np.float16 else None
         self._grad_bufs: dict[int, np.ndarray] = {}
         self.shuffle_rng = stream(cfg.seed, "shuffle")
@@ -125,32 +128,36 @@ class Trainer:
     def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple[float, float, str | None]:
         """One step on a batch; returns (loss, grad norm, phase of the first failed check or None).
         On a failed check before the update the parameters are left untouched."""
-        model, loss = self.model, self.loss
+        model, loss, stop = self.model, self.loss, self._stop
         self.backward_ran = self.update_applied = False
-        model.forward(xb, train=True, fused_output=loss.fused)
+        self._update_lr = None
+        model.forward(xb, True, self._fused)
         out = model.layers[-1].buf
         value = loss.forward(out.z, out.a, yb)
-        if not math.isfinite(value) and self.cfg.training.stop_on_nonfinite:
+        if stop and not math.isfinite(value):
             return value, math.nan, "loss"
         grad, wrt = loss.backward(self._grad_buf(len(xb)))
         model.backward(grad, wrt)
         self.backward_ran = True
         g2, ok = _finite_sqnorm(model.grads)
-        if not ok and self.cfg.training.stop_on_nonfinite:
+        if stop and not ok:
             return value, math.nan, "backward"
-        gnorm = clip(model.grads, self.cfg.optimizer, math.sqrt(g2))
+        gnorm = clip(model.grads, self.cfg.optimizer, math.sqrt(g2)) if self._clips else math.sqrt(g2)
         if self.track_weight_norms:  # telemetry's update/weight ratio needs the weights before the update
             self.weight_norms = [math.sqrt(sqnorm(layer.W.reshape(-1))) for layer in model.layers]
-        upd = self.optimizer.compute(model.grads, lr, self.update)
         failed = None if math.isfinite(value) else "loss"
         failed = failed or (None if ok else "backward")
         u_max = self.optimizer.max_step(lr, gnorm)
+        if u_max < self._safe and self.dtype != np.float16 and self.optimizer.apply(model.params, model.grads, lr):
+            self._update_lr = lr
+            return self._applied(value, gnorm, failed, u_max)
+        upd = self.optimizer.compute(model.grads, lr, self._update)
         if not u_max < self._safe:  # no cheap bound on the update: measure it
             u2, u_ok = _finite_sqnorm(upd)
             u_max = math.sqrt(u2)
             if not u_ok:
                 failed = failed or "update"
-                if self.cfg.training.stop_on_nonfinite:
+                if stop:
                     return value, gnorm, failed
         if self.dtype == np.float16:
             # Finite weights plus a finite update overflow easily at 65504: try the sum first and
@@ -158,17 +165,31 @@ class Trainer:
             nxt = np.add(model.params, upd, out=self._next)
             if failed is None and not self._still_finite(nxt, u_max):
                 failed = "update"
-                if self.cfg.training.stop_on_nonfinite:
+                if stop:
                     return value, gnorm, failed
             model.params[...] = nxt
-        else:
-            np.add(model.params, upd, out=model.params)
-            if failed is None and not self._still_finite(model.params, u_max):
-                failed = "update"
+            return self._applied(value, gnorm, failed, None)
+        np.add(model.params, upd, out=model.params)
+        return self._applied(value, gnorm, failed, u_max)
+
+    def _applied(self, value: float, gnorm: float, failed: str | None, u_max: float | None):
+        """The end of a step whose update was added; u_max (None: already checked) bounds it."""
         self.update_applied = True
+        if failed is None and u_max is not None and not self._still_finite(self.model.params, u_max):
+            failed = "update"
         if failed is not None:
             self._p_bound = math.inf  # the weights may hold anything now: measure them next time
         return value, gnorm, failed
+
+    @property
+    def update(self) -> np.ndarray:
+        """The update of the last step (applied, or stopped by a check), flat like the parameters.
+        A fused SGD step never wrote it: it is computed here on first read, from the gradients and
+        lr still in place, bit for bit what the step added."""
+        if self._update_lr is not None:
+            np.multiply(self.model.grads, -self._update_lr, out=self._update)
+            self._update_lr = None
+        return self._update
 
     def _still_finite(self, p: np.ndarray, u_max: float) -> bool:
         """Are the weights p, finite before a step no larger than u_max, still finite? While
