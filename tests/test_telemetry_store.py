@@ -155,6 +155,22 @@ def assert_consistent(run) -> None:
     assert set(run.stat_steps) <= set(steps)
 
 
+def test_stat_rows_are_written_in_multi_row_statements_without_loss_or_duplicates(tmp_path):
+    from nandoctor.telemetry.store import STATS_PER_INSERT, RunWriter
+
+    w = RunWriter(tmp_path)
+    n = 3 * STATS_PER_INSERT + 5  # full statements and a remainder
+    w.stat_rows([(k // 10, k % 10, "weight", float(k), None, -1.0, 1.0, 1.0, math.nan, 0.0, None, 0.5, None)
+                 for k in range(n)])
+    w.stats(0, 3, "weight", (7.0,) * 10)  # the same key again: the later row replaces the earlier
+    w.close()
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    rows = db.execute("SELECT step, layer, mean, std, norm FROM layer_stats ORDER BY step, layer").fetchall()
+    assert len(rows) == n
+    assert rows[3] == (0, 3, 7.0, 7.0, 7.0)
+    assert rows[-1] == ((n - 1) // 10, (n - 1) % 10, float(n - 1), None, None)  # None and NaN stored as NULL
+
+
 def test_the_store_is_readable_while_the_run_is_going(spawn):
     p, out = spawn("live")
     wait_for_steps(p, out)
