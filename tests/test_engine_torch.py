@@ -111,6 +111,24 @@ def test_mlp_forward_loss_and_gradients(act):
     assert_grads_match(model, pairs)
 
 
+@pytest.mark.parametrize(("n_in", "act"), [(3, "linear"), (13, "relu")])
+def test_first_layer_bias_folded_or_not(n_in, act):
+    """The bias rides in the product ([x 1] [W; b]) except in a first layer whose input is much wider
+    than its output; both paths, and a linear hidden layer whose output is its pre-activation, match torch."""
+    layers = [{"units": 4, "activation": act}, {"units": 5, "activation": "linear"},
+              {"units": 3, "activation": "softmax"}]
+    _, model, loss = setup(layers, n_in, seed=n_in)
+    rng = np.random.default_rng(n_in)
+    x, y = rng.normal(size=(12, n_in)), rng.integers(0, 3, 12)
+    net, pairs = torch_copy(model)
+    value = ours_step(model, loss, x, y)
+    assert (model.layers[0].buf.x_aug is None) == (n_in > 8)
+    tloss = F.cross_entropy(net[:-1](torch.from_numpy(x)), torch.from_numpy(y))
+    tloss.backward()
+    assert value == pytest.approx(tloss.item(), rel=RTOL)
+    assert_grads_match(model, pairs)
+
+
 def test_mlp_with_batch_norm():
     layers = [{"units": 8, "activation": "relu", "norm": "batch"}, {"units": 6, "activation": "tanh", "norm": "batch"},
               {"units": 3, "activation": "softmax"}]
