@@ -21,10 +21,11 @@ SHIFT_SLACK = 4.0
 PACK_MAX = 2048  # tensors up to this size are summarised together (`stats_many`): call overhead dominates them
 
 _SCRATCH: dict[tuple[str, np.dtype], np.ndarray] = {}  # grown on demand; telemetry runs on one thread
+BOOL, FLOAT64 = np.dtype(np.bool_), np.dtype(np.float64)
 
 
-def _scratch(kind: str, n: int, dtype) -> np.ndarray:
-    key = (kind, np.dtype(dtype))
+def _scratch(kind: str, n: int, dtype: np.dtype) -> np.ndarray:
+    key = (kind, dtype)
     buf = _SCRATCH.get(key)
     if buf is None or buf.size < n:
         buf = _SCRATCH[key] = np.ones(n, dtype) if kind == "ones" else np.empty(n, dtype)
@@ -64,7 +65,7 @@ def tensor_stats(x: np.ndarray, *, precise: bool = False, zeros: bool = False,
     mn, mx = float(np.minimum.reduce(m, axis=None)), float(np.maximum.reduce(m, axis=None))
     zero = None
     if zeros:  # count_nonzero on floats is ~5x slower than on the comparison
-        zero = 1.0 - np.count_nonzero(np.not_equal(m, 0, out=_scratch("bool", n, np.bool_).reshape(m.shape))) / n
+        zero = 1.0 - np.count_nonzero(np.not_equal(m, 0, out=_scratch("bool", n, BOOL).reshape(m.shape))) / n
     sat = saturated_fraction(x, saturation) if saturation else None
     return (mean, std, mn, mx, max(-mn, mx), norm, 0.0, sat, zero, ratio)
 
@@ -87,14 +88,14 @@ def stats_many(specs: list[tuple[np.ndarray, bool, bool, str | None]]) -> list[t
     starts = np.zeros(len(arrays), np.intp)
     np.cumsum(sizes[:-1], out=starts[1:])
     total = int(starts[-1] + sizes[-1])
-    pack = np.concatenate(arrays, out=_scratch("pack", total, np.float64))
-    work = _scratch("pack_work", total, np.float64)
+    pack = np.concatenate(arrays, out=_scratch("pack", total, FLOAT64))
+    work = _scratch("pack_work", total, FLOAT64)
     s1 = np.add.reduceat(pack, starts)
     s2 = np.add.reduceat(np.multiply(pack, pack, out=work), starts)
     np.subtract(pack, np.repeat(s1 / sizes, sizes), out=work)
     centred = np.add.reduceat(np.multiply(work, work, out=work), starts)
     mn, mx = np.minimum.reduceat(pack, starts), np.maximum.reduceat(pack, starts)
-    nonzero = np.add.reduceat(np.not_equal(pack, 0, out=_scratch("bool", total, np.bool_)), starts, dtype=np.intp)
+    nonzero = np.add.reduceat(np.not_equal(pack, 0, out=_scratch("bool", total, BOOL)), starts, dtype=np.intp)
     finite = (np.isfinite(s1) & np.isfinite(s2)).tolist()
     table = np.column_stack([s1 / sizes, np.sqrt(centred / sizes), mn, mx, np.maximum(-mn, mx), np.sqrt(s2),
                              1.0 - nonzero / sizes]).tolist()
