@@ -191,6 +191,30 @@ def test_the_store_is_readable_while_the_run_is_going(spawn):
     assert p.poll() is None
 
 
+def test_a_run_is_read_from_one_snapshot_while_the_writer_commits(tmp_path, monkeypatch):
+    """The writer commits between two of the reader's queries: the reader must not see the later rows
+    (per-layer statistics for steps its steps table does not have yet)."""
+    from nandoctor.telemetry import reader
+
+    _, run = train(tmp_path, {**SMALL, "training": {"epochs": 1}})
+    last = int(run.steps["step"][-1])
+    read_stats = reader._read_stats
+
+    def commit_then_read(db, n_layers):
+        other = sqlite3.connect(run.path / DB_NAME)
+        other.execute("INSERT INTO layer_stats (step, layer, tensor, norm) VALUES (?, 0, 'weight', 1.0)", (last + 1,))
+        other.commit()
+        other.close()
+        return read_stats(db, n_layers)
+
+    monkeypatch.setattr(reader, "_read_stats", commit_then_read)
+    seen = load_run(run.path)
+    assert last + 1 not in set(seen.stat_steps)
+    assert_consistent(seen)
+    monkeypatch.undo()
+    assert last + 1 in set(load_run(run.path).stat_steps)  # the row was committed: a new read sees it
+
+
 def test_kill_9_at_random_moments_leaves_a_readable_interrupted_run(spawn):
     rng = random.Random()
     for k in range(3):

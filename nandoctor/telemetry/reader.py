@@ -83,6 +83,7 @@ def load_run(run_dir: str | Path) -> Run:
     try:
         db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
         try:
+            db.execute("BEGIN")  # one snapshot for every table, while the writer keeps committing
             return _read(db, path)
         finally:
             db.close()
