@@ -14,7 +14,8 @@ Nothing in the engine is changed. Per shape:
 3. The plain step, every replay, interleaved in short blocks (best block each, as in the speed
    section). Python = plain step - full replay.
 
-Python function calls per step come from cProfile. The census's own per-op times (top-ops table)
+Python function calls per step come from cProfile. All of it runs with the BLAS thread count the
+engine picks for the shape (engine.threads), as the speed section does. The census's own per-op times (top-ops table)
 include the probe's timer, ~0.1 µs a call, so they read high for the tiny net.
 """
 
@@ -212,9 +213,15 @@ def _python_calls(shape: Shape, data: list, steps: int = 20) -> float:
 
 
 def profile_shape(shape: Shape, block_s: float, blocks: int) -> dict:
+    """Everything runs with the engine's own BLAS thread count for the shape, as training does."""
+    trainer = make_trainer(shape)
+    with trainer.blas_threads():
+        return _profile(shape, trainer, block_s, blocks)
+
+
+def _profile(shape: Shape, trainer, block_s: float, blocks: int) -> dict:
     data = batches(shape)
     op_s, op_calls, log = _census(shape, data)
-    trainer = make_trainer(shape)
     n = len(data)
 
     def plain(i: int) -> None:
