@@ -2,11 +2,11 @@
 
 Splitting a small GEMM across threads costs more in synchronisation than it saves, and when another
 process holds a core the waiting threads make it far worse: measured on 2 cores with one busy, a
-64-128-128-10 step (batch 64) took 0.25 ms on one thread and up to 48 ms on two. Even on a quiet
-machine a 784-256-256-10 step (batch 128, 0.2 GFLOP) took 1.78 ms on two threads against ~1.6 ms on
-one with the other core busy: its products are too small to split. Models whose step is below
-SMALL_STEP_FLOPS therefore run their products on one thread; larger ones (784-1000-1000-1000-10,
-batch 256: 4.3 GFLOP, ~25 ms on two threads against ~32 ms on one) keep the BLAS default.
+64-128-128-10 step (batch 64) took 0.25 ms on one thread and up to 48 ms on two; on a quiet machine
+it takes 163 us on one thread against 194 us on two. From about 0.1 GFLOP per step the second thread
+pays: a 784-256-256-10 step (batch 128, 0.2 GFLOP) takes 1.37 ms on two threads against 1.67 ms on
+one (quiet machine, best of six interleaved blocks). Models below SMALL_STEP_FLOPS therefore run
+their products on one thread; larger ones keep the BLAS default.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from threadpoolctl import threadpool_limits
 
-SMALL_STEP_FLOPS = 1e9
+SMALL_STEP_FLOPS = 50e6
 
 
 def step_flops(fan: list[tuple[int, int]], batch: int) -> float:
