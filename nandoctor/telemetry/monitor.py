@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 from collections import deque
 from pathlib import Path
@@ -112,9 +113,9 @@ class Monitor:
         if math.isfinite(loss):
             self.recent.append(loss)
             if len(self.recent) == SPIKE_REFRESH and self.scale == math.inf:
-                self.scale = float(np.median(self.recent))
+                self.scale = statistics.median(self.recent)
             if info.step % SPIKE_REFRESH == 0 or self.median == math.inf:
-                self.median = float(np.median(self.recent))
+                self.median = statistics.median(self.recent)  # np.median costs ~100 us here
         if spike:
             self.spikes += 1
             self.writer.event(info.step, info.epoch, "loss_spike", "loss", None, "loss",
