@@ -691,21 +691,12 @@ def test_load_run_survives_wrongly_typed_cells(kind, cells, seed):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def test_load_run_survives_a_fractional_layer_index():
+@pytest.mark.parametrize("damage", ["UPDATE layer_stats SET layer = 0.5 WHERE rowid = 1",  # a float index
+                                    "UPDATE layers SET fan_in = 0 WHERE layer = 0"])  # rules divide by fan_in
+def test_load_run_and_diagnose_survive_a_damaged_layer_row(damage):
     run_dir = copy_run("completed")
     try:
-        _sql(run_dir / DB_NAME, ("UPDATE layer_stats SET layer = 0.5 WHERE rowid = 1", ()))
-        run = only_nandoctor_errors(load_run, run_dir)
-        if run is not None:
-            only_nandoctor_errors(diagnose, run)
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def test_diagnose_survives_a_zero_fan_in():
-    run_dir = copy_run("completed")
-    try:
-        _sql(run_dir / DB_NAME, ("UPDATE layers SET fan_in = 0 WHERE layer = 0", ()))
+        _sql(run_dir / DB_NAME, (damage, ()))
         run = only_nandoctor_errors(load_run, run_dir)
         if run is not None:
             only_nandoctor_errors(diagnose, run)
