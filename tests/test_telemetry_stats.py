@@ -644,3 +644,29 @@ def test_stats_many_packs_small_tensors_and_agrees_with_tensor_stats(dtype):
             assert g[j] == pytest.approx(w[j], rel=tol, abs=tol * scale), j
         if x.size <= PACK_MAX:  # packed: a float64 two-pass std, closer to the truth than the one-pass formula
             assert g[1] == pytest.approx(float(x.astype(np.float64).std()), rel=tol, abs=tol * scale)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_fused_sgd_update_is_recorded_from_the_gradient_as_if_it_were_built(tmp_path, dtype):
+    """SGD never writes its update out; telemetry scales the gradient's statistics by -lr. They must be
+    the statistics of the update the step really added (built afterwards from `trainer.update`)."""
+    from nandoctor.telemetry.monitor import Monitor
+
+    cfg = from_mapping({**replay_config(dtype), "monitor": {"every": 1}})
+    cfg, data = prepare(cfg, None)
+    trainer = Trainer(cfg, data)
+    monitor = Monitor(tmp_path, cfg)
+    monitor.start(trainer)
+    rows = []
+    monitor.writer.stat_rows = rows.extend  # what would go to the store
+    trainer.train_step(trainer.X[:16], trainer.Y[:16], 0.05)
+    assert trainer.update_scale == -0.05  # the fused path ran: nothing built yet
+    monitor.record_layers(trainer, 1)
+    recorded = {r[1]: r[3:] for r in rows if r[2] == "update"}
+    assert sorted(recorded) == [0, 1]
+    for i, layer in enumerate(trainer.model.layers):
+        built = tensor_stats(trainer.update[trainer.model.slices[i]["W"]].reshape(layer.W.shape))
+        rel = 1e-6 if dtype == "float32" else 1e-12
+        for column, (got, want) in enumerate(zip(recorded[i][:6], built[:6], strict=True)):
+            assert got == pytest.approx(want, rel=rel, abs=rel * built[5]), column  # a mean can be ~0
+        assert recorded[i][2] <= recorded[i][3] and recorded[i][4] == max(-recorded[i][2], recorded[i][3])

@@ -191,6 +191,12 @@ class Trainer:
             self._update_lr = None
         return self._update
 
+    @property
+    def update_scale(self) -> float | None:
+        """c when the last step's update is exactly c * gradients and was never written out (a fused
+        SGD step), so telemetry can derive its statistics from the gradients' instead of building it."""
+        return -self._update_lr if self._update_lr is not None else None
+
     def _still_finite(self, p: np.ndarray, u_max: float) -> bool:
         """Are the weights p, finite before a step no larger than u_max, still finite? While
         |w| <= bound and bound + u_max < max/4 nothing can overflow, so a running bound replaces a

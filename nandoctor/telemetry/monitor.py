@@ -21,7 +21,7 @@ import numpy as np
 
 from nandoctor.config import Config
 from nandoctor.telemetry.preflight import preflight
-from nandoctor.telemetry.stats import stats_many, tensor_stats
+from nandoctor.telemetry.stats import scaled_stats, stats_many, tensor_stats
 from nandoctor.telemetry.store import RunWriter
 
 AUTO_DENSE_STEPS = 20
@@ -122,7 +122,7 @@ class Monitor:
                               {"loss": loss, "running_median": self.median})
         return spike
 
-    def _ratio(self, trainer, step: int, i: int, w: np.ndarray, u: np.ndarray, u_norm: float | None) -> float | None:
+    def _ratio(self, trainer, step: int, i: int, w: np.ndarray, u_norm: float | None) -> float | None:
         """|update| / |W before the update|: the norm recorded at the end of the previous step, else
         the one the trainer measured for a sampled step; on an unforeseen anomaly step W - u recovers
         it (if that cancels to 0 the update dwarfed W)."""
@@ -133,6 +133,7 @@ class Monitor:
         elif trainer.track_weight_norms and len(trainer.weight_norms) > i:
             wn = trainer.weight_norms[i]
         else:
+            u = trainer.update[trainer.model.slices[i]["W"]].reshape(w.shape)
             wn = tensor_stats(w - u if trainer.update_applied else w)[5]
         if wn is None or not math.isfinite(wn):
             return None
@@ -140,8 +141,9 @@ class Monitor:
 
     def record_layers(self, trainer, step: int) -> None:
         """Per-layer statistics from the buffers the step left behind (nothing is recomputed)."""
-        model, upd = trainer.model, trainer.update
-        keys, specs, updates = [], [], []
+        model, scale = trainer.model, trainer.update_scale
+        upd = None if scale else trainer.update
+        keys, specs, derived = [], [], []
         for layer, spans in zip(model.layers, model.slices, strict=True):
             s, i, act = layer.buf, layer.index, layer.act
             if s is None:
@@ -152,20 +154,25 @@ class Monitor:
             tensors += [("activation", s.a, True, True, act.name if act.saturating else None),
                         ("weight", layer.W, False, False, None), ("bias", layer.b, False, False, None)]
             if trainer.backward_ran:  # else the gradient buffers still hold the previous step
+                if scale:  # the update is scale * dW: its statistics follow from the gradient's
+                    derived.append((i, len(keys) + len(tensors)))
                 tensors += [("grad_weight", layer.dW, False, True, None), ("grad_bias", layer.db, False, True, None)]
                 dout = getattr(s, "dout", None)
                 if dout is not None and dout.shape == s.a.shape:
                     tensors.append(("grad_output", dout, False, True, None))
-                updates.append(len(keys) + len(tensors))
-                # 2-D, so its sum is one matrix-vector product
-                tensors.append(("update", upd[spans["W"]].reshape(layer.W.shape), False, False, None))
+                if not scale:  # 2-D, so its sum is one matrix-vector product
+                    tensors.append(("update", upd[spans["W"]].reshape(layer.W.shape), False, False, None))
             keys += [(step, i, name) for name, *_ in tensors]
             specs += [spec for _, *spec in tensors]
         values = stats_many(specs)
+        for i, k in derived:
+            keys.append((step, i, "update"))
+            values.append(scaled_stats(values[k], scale))
         by_layer = {key[1]: k for k, key in enumerate(keys) if key[2] == "weight"}
-        for k in updates:
-            i, u = keys[k][1], values[k]
-            values[k] = (*u[:9], self._ratio(trainer, step, i, model.layers[i].W, specs[k][0], u[5]))
+        for k, key in enumerate(keys):
+            if key[2] == "update":
+                u = values[k]
+                values[k] = (*u[:9], self._ratio(trainer, step, key[1], model.layers[key[1]].W, u[5]))
         self.writer.stat_rows([(*key, *v) for key, v in zip(keys, values, strict=True)])
         self.last_recorded = step
         self.weight_norms = [values[by_layer[layer.index]][5] if layer.index in by_layer else None

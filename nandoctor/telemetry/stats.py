@@ -70,6 +70,16 @@ def tensor_stats(x: np.ndarray, *, precise: bool = False, zeros: bool = False,
     return (mean, std, mn, mx, max(-mn, mx), norm, 0.0, sat, zero, ratio)
 
 
+def scaled_stats(stats: tuple, c: float) -> tuple:
+    """The statistics of c * x from those of finite x (zeros and saturation not carried over): a
+    fused SGD update is -lr times the gradient, so it needs no pass of its own. Exact up to the
+    rounding of c * x to the tensor's dtype."""
+    mean, std, mn, mx, abs_max, norm = stats[:6]
+    lo, hi = (c * mn, c * mx) if c >= 0 else (c * mx, c * mn)
+    a = abs(c)
+    return (c * mean, a * std, lo, hi, a * abs_max, a * norm, 0.0, None, None, None)
+
+
 def stats_many(specs: list[tuple[np.ndarray, bool, bool, str | None]]) -> list[tuple]:
     """`tensor_stats` (ratio None) of each (x, precise, zeros, saturation). Small tensors are copied
     into one float64 buffer and reduced per segment, a dozen numpy calls for all of them; their
