@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from store_probe import committed_steps
 from typer.testing import CliRunner
 
 from nandoctor.cli import app
@@ -403,18 +404,6 @@ def test_run_store_cut_inside_a_page(diverged, tmp_path):
             continue
         except Exception:  # what the CLI makes of it
             diagnose_fails(run, f"{db}: run store ")
-
-
-def committed_steps(run: Path) -> int:
-    """Steps an outside reader sees committed (0 while the store is not there yet)."""
-    try:
-        con = sqlite3.connect(f"file:{run / DB_NAME}?mode=ro", uri=True)
-        try:
-            return con.execute("SELECT COUNT(*) FROM steps").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
 
 
 def kill_9_mid_run(config: Path, run: Path, extra_seconds: float = 0.0) -> None:

@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import sysconfig
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from store_probe import committed_steps
 from typer.testing import CliRunner
 
 from nandoctor.cli import app
@@ -54,17 +54,6 @@ def write_config(directory: Path, raw: dict, name: str = "long.yaml") -> Path:
     path = directory / name
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
-
-
-def committed_steps(run: Path) -> int:
-    try:
-        con = sqlite3.connect(f"file:{run / DB_NAME}?mode=ro", uri=True)
-        try:
-            return con.execute("SELECT COUNT(*) FROM steps").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
 
 
 @pytest.fixture

@@ -71,6 +71,13 @@ def only_nandoctor_errors(fn, *args, **kwargs):
         return None
 
 
+def read_and_diagnose(run_dir: Path) -> None:
+    """`nandoctor diagnose run_dir`: reading and then diagnosing raise nothing but NandoctorError."""
+    run = only_nandoctor_errors(load_run, run_dir)
+    if run is not None:
+        only_nandoctor_errors(diagnose, run)
+
+
 def scratch_file(text: str | bytes, name: str = "cfg.yaml") -> Path:
     folder = SCRATCH / "configs"  # one file, overwritten by each example
     folder.mkdir(exist_ok=True)
@@ -638,9 +645,7 @@ def test_load_run_survives_a_cut_anywhere():
         for cut in range(0, size, 61):
             shutil.copy(base_run("diverged") / DB_NAME, run_dir / DB_NAME)
             os.truncate(run_dir / DB_NAME, cut)
-            run = only_nandoctor_errors(load_run, run_dir)
-            if run is not None:
-                only_nandoctor_errors(diagnose, run)
+            read_and_diagnose(run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -659,9 +664,7 @@ def test_load_run_survives_flipped_bytes(kind, data):
             flips = data.draw(byte_flips(db.stat().st_size))
             note(flips)
             _flip(db, flips)
-        run = only_nandoctor_errors(load_run, run_dir)
-        if run is not None:
-            only_nandoctor_errors(diagnose, run)
+        read_and_diagnose(run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -684,9 +687,7 @@ def test_load_run_survives_wrongly_typed_cells(kind, cells, seed):
                                f"(SELECT rowid FROM {table} ORDER BY rowid LIMIT 1 OFFSET ?)", (value, seed % 5)))
         note(statements)
         _sql(run_dir / DB_NAME, *statements)
-        run = only_nandoctor_errors(load_run, run_dir)
-        if run is not None:
-            only_nandoctor_errors(diagnose, run)
+        read_and_diagnose(run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -697,9 +698,7 @@ def test_load_run_and_diagnose_survive_a_damaged_layer_row(damage):
     run_dir = copy_run("completed")
     try:
         _sql(run_dir / DB_NAME, (damage, ()))
-        run = only_nandoctor_errors(load_run, run_dir)
-        if run is not None:
-            only_nandoctor_errors(diagnose, run)
+        read_and_diagnose(run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
