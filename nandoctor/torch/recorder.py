@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import math
 import os
 import time
@@ -140,6 +141,22 @@ def _distributed() -> tuple[int, int]:
     except Exception:
         pass
     return 0, 1
+
+
+def _entry_point(where: str):
+    """A public method called from the user's training loop: nothing once recording has stopped,
+    and a recorder error stops recording (`_fail`) instead of the training."""
+    def wrap(method):
+        @functools.wraps(method)
+        def guarded(self, *args, **kwargs):
+            if self._broken or self.closed:
+                return
+            try:
+                method(self, *args, **kwargs)
+            except Exception as exc:
+                self._fail(where, exc)
+        return guarded
+    return wrap
 
 
 class Recorder:
@@ -490,15 +507,12 @@ class Recorder:
             a.register_hook(grad_hook)
 
     # ---- the step ---------------------------------------------------------------------------------
+    @_entry_point("rec.step")
     def step(self, loss: Any, optimizer: torch.optim.Optimizer | None = None, *, inputs: Any = None,
              targets: Any = None) -> None:
         """Record one optimizer step: after loss.backward(), before optimizer.step()."""
-        if self._broken or self.closed:
-            return
         try:
             self._step(loss, optimizer, inputs, targets)
-        except Exception as exc:
-            self._fail("rec.step", exc)
         finally:
             self._trace.clear()  # drop the step's tensors: nothing outlives the step
             self._gout.clear()
@@ -878,29 +892,21 @@ class Recorder:
         self.writer.set_meta(data_profile=self.profile.to_dict(units), task=self.profile.task())
 
     # ---- epochs and the end -----------------------------------------------------------------------
+    @_entry_point("rec.observe_batch")
     def observe_batch(self, inputs: Any = None, targets: Any = None) -> None:
         """Show a batch to the data profile without a step (e.g. from the DataLoader, before the model)."""
-        if self._broken or self.closed:
-            return
-        try:
-            event = self._observe(inputs, targets, self.step_no + 1)
-            if event is not None:
-                self._nonfinite({"step": self.step_no + 1, "epoch": self.epoch_no, **event})
-            if self.profile.changed and (self.profile.batches <= 1 or event):
-                self._write_profile()
-        except Exception as exc:
-            self._fail("rec.observe_batch", exc)
+        event = self._observe(inputs, targets, self.step_no + 1)
+        if event is not None:
+            self._nonfinite({"step": self.step_no + 1, "epoch": self.epoch_no, **event})
+        if self.profile.changed and (self.profile.batches <= 1 or event):
+            self._write_profile()
 
+    @_entry_point("rec.epoch")
     def epoch(self, train_loss: float | None = None, val_loss: float | None = None,
               train_metric: float | None = None, val_metric: float | None = None) -> None:
         """End an epoch: its losses and metrics (accuracy or R^2). train_loss defaults to the mean of
         the epoch's step losses, train_metric to the accuracy over its sampled batches."""
-        if self._broken or self.closed:
-            return
-        try:
-            self._end_epoch(train_loss, val_loss, train_metric, val_metric)
-        except Exception as exc:
-            self._fail("rec.epoch", exc)
+        self._end_epoch(train_loss, val_loss, train_metric, val_metric)
 
     def _end_epoch(self, train_loss, val_loss, train_metric, val_metric) -> None:
         if train_loss is None:
