@@ -215,7 +215,7 @@ def fix(
         return
     cause, chosen_fix = chosen
     patch, note = dict(chosen_fix.patch), ""
-    if (read_yaml(config).get("expect") or {}).get("healthy") is False:  # the fix is meant to cure it
+    if not cfg.expect.healthy:  # the fix is meant to cure it
         patch |= {"expect.healthy": True, "expect.causes": []}
         note = "; its expect: block now says healthy"
     text, kept = patching.patch_text(config.read_text(encoding="utf-8"), patch)
