@@ -128,6 +128,36 @@ def test_textbook_cross_entropy_goes_non_finite_where_the_stable_one_does_not():
     assert good.epochs[-1]["train_metric"] == 1.0
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("far", [0.0, 150.0, 1e4])
+def test_stable_cross_entropy_equals_float64_log_softmax_with_one_or_per_row_shifts(dtype, far):
+    """The stable loss shifts the whole batch by its max and falls back to per-row maxima when a
+    row sits so far below that its probabilities would underflow; both must give log-softmax."""
+    from nandoctor.config.schema import LossConfig
+    from nandoctor.engine.losses import CrossEntropy
+
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((16, 5)) * 4
+    z[3] -= far  # one row far below the others
+    y = rng.integers(0, 5, 16)
+    z = z.astype(dtype)
+    loss = CrossEntropy(LossConfig(name="cross_entropy"), "softmax")
+    a = np.empty_like(z)
+    value = loss.forward(z, a, y)
+
+    wide = z.astype(np.float64)
+    logp = wide - wide.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    tol = 1e-6 if dtype == "float32" else 1e-13
+    assert value == pytest.approx(-logp[np.arange(16), y].mean(), rel=tol)
+    np.testing.assert_allclose(a, np.exp(logp), rtol=tol * 10, atol=1e-30)
+    grad, wrt = loss.backward(np.empty_like(z))
+    expect = np.exp(logp)
+    expect[np.arange(16), y] -= 1
+    np.testing.assert_allclose(grad, expect / 16, rtol=tol * 10, atol=tol / 16)
+    assert wrt == "z"
+
+
 # ---- float16 -----------------------------------------------------------------------------------
 
 def test_float16_mse_overflows_where_float32_completes():
