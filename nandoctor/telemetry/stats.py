@@ -10,6 +10,7 @@ entries and recomputes over the finite ones in float64.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 
@@ -73,11 +74,39 @@ def tensor_stats(x: np.ndarray, *, precise: bool = False, zeros: bool = False,
 def scaled_stats(stats: tuple, c: float) -> tuple:
     """The statistics of c * x from those of finite x (zeros and saturation not carried over): a
     fused SGD update is -lr times the gradient, so it needs no pass of its own. Exact up to the
-    rounding of c * x to the tensor's dtype."""
+    rounding of c * x to the tensor's dtype. A mean and std left out (`segment_stats`) stay None."""
     mean, std, mn, mx, abs_max, norm = stats[:6]
     lo, hi = (c * mn, c * mx) if c >= 0 else (c * mx, c * mn)
     a = abs(c)
-    return (c * mean, a * std, lo, hi, a * abs_max, a * norm, 0.0, None, None, None)
+    mean, std = (None, None) if mean is None else (c * mean, a * std)
+    return (mean, std, lo, hi, a * abs_max, a * norm, 0.0, None, None, None)
+
+
+def segment_stats(flat: np.ndarray, bounds: list[int], zeros: bool = False) -> list[tuple]:
+    """`tensor_stats` (mean and std None) of each segment flat[bounds[k]:bounds[k + 1]] of one
+    contiguous float32/float64 buffer, such as the model's flat parameters or gradients: one
+    `reduceat` each for min and max over all segments, a dot product per segment for the norm and,
+    with zeros, one comparison over the buffer. Leaving the mean and std out saves the sum's memory
+    pass; min and max come along with the abs-max. A segment with NaN/Inf (or whose squares
+    overflow) gets the full `tensor_stats`, as it would anywhere else."""
+    lo, hi = bounds[0], bounds[-1]
+    if flat.dtype not in (np.float32, np.float64) or any(b <= a for a, b in pairwise(bounds)):
+        return [tensor_stats(flat[a:b], zeros=zeros) for a, b in pairwise(bounds)]
+    span = flat[lo:hi]
+    starts = np.subtract(bounds[:-1], lo)
+    mn, mx = np.minimum.reduceat(span, starts).tolist(), np.maximum.reduceat(span, starts).tolist()
+    if zeros:
+        nonzero = np.not_equal(span, 0, out=_scratch("bool", span.size, BOOL))
+    out = []
+    for k, (a, b) in enumerate(pairwise(bounds)):
+        seg = flat[a:b]
+        s2 = float(np.dot(seg, seg))
+        if not math.isfinite(s2):  # else every entry is finite
+            out.append(tensor_stats(seg, zeros=zeros))
+            continue
+        zero = 1.0 - np.count_nonzero(nonzero[a - lo:b - lo]) / (b - a) if zeros else None
+        out.append((None, None, mn[k], mx[k], max(-mn[k], mx[k]), math.sqrt(s2), 0.0, None, zero, None))
+    return out
 
 
 def stats_many(specs: list[tuple[np.ndarray, bool, bool, str | None]]) -> list[tuple]:

@@ -1,0 +1,122 @@
+"""`every: 1` records weights, biases, gradients and updates without mean and std, cut from the flat
+buffers (`segment_stats`): every other column must be what `tensor_stats` gives for the same tensor."""
+
+from __future__ import annotations
+
+import math
+from itertools import pairwise
+
+import numpy as np
+import pytest
+
+from nandoctor.config import from_mapping
+from nandoctor.engine.trainer import Trainer
+from nandoctor.telemetry.monitor import Monitor
+from nandoctor.telemetry.stats import segment_stats, tensor_stats
+from nandoctor.training import prepare
+
+
+def lean_view(values: tuple) -> tuple:
+    """`tensor_stats` as every: 1 records it for parameters and gradients: no mean, no std."""
+    return (None, None, *values[2:])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_segments_agree_with_tensor_stats(dtype):
+    rng = np.random.default_rng(21)
+    sizes = [1, 17, 700, 5, 4096, 3]
+    flat = rng.normal(0.0, 2.0, sum(sizes)).astype(dtype)
+    flat[rng.random(flat.size) < 0.2] = 0.0
+    flat[5] = -0.0
+    bounds = [0, *np.cumsum(sizes).tolist()]
+    for zeros in (False, True):
+        got = segment_stats(flat, bounds, zeros)
+        for (a, b), g in zip(pairwise(bounds), got, strict=True):
+            want = tensor_stats(flat[a:b], zeros=zeros)
+            if dtype == np.float16:  # no fast path: the full statistics
+                assert g == want
+                continue
+            assert g[:2] == (None, None)
+            assert g[2:5] == want[2:5] and g[6:] == want[6:]  # min, max, abs_max, counts: exact
+            assert g[5] == pytest.approx(want[5], rel=1e-6 if dtype == np.float32 else 1e-12)
+
+
+def test_a_segment_with_nan_or_inf_gets_the_full_careful_statistics():
+    flat = np.arange(12, dtype=np.float32) - 5
+    flat[6] = np.nan
+    flat[10] = -np.inf
+    bounds = [0, 4, 8, 12]
+    with np.errstate(all="ignore"):
+        got = segment_stats(flat, bounds, zeros=True)
+        assert got[1] == tensor_stats(flat[4:8], zeros=True) and got[1][6] == 0.25
+        assert got[2] == tensor_stats(flat[8:12], zeros=True)
+    assert got[0] == lean_view(tensor_stats(flat[0:4], zeros=True))
+    # squares that overflow float32 with finite entries: the float64 path, as in tensor_stats
+    big = np.array([3e19, -2e19, 1.0, 2.0], np.float32)
+    with np.errstate(over="ignore"):
+        assert segment_stats(big, [0, 2, 4]) == [tensor_stats(big[:2]), lean_view(tensor_stats(big[2:]))]
+
+
+@pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.05}, {"name": "momentum", "lr": 0.05}])
+def test_every_step_rows_are_tensor_stats_of_the_engine_buffers(tmp_path, optimizer):
+    """Batch norm puts gamma and beta between the layers' W and b segments; momentum builds the update
+    (SGD's is scaled from the gradient's statistics)."""
+    raw = {"seed": 3, "data": {"generator": "blobs", "n_samples": 120, "n_features": 5},
+           "model": {"layers": [{"units": 9, "activation": "tanh", "norm": "batch"},
+                                {"units": 7, "activation": "relu", "dropout": 0.2},
+                                {"units": 3, "activation": "softmax"}]},
+           "loss": "cross_entropy", "optimizer": optimizer, "training": {"epochs": 1, "batch_size": 16},
+           "monitor": {"every": 1}}
+    cfg, data = prepare(from_mapping(raw), None)
+    trainer = Trainer(cfg, data)
+    monitor = Monitor(tmp_path, cfg)
+    monitor.start(trainer)
+    rows = []
+    monitor.writer.stat_rows = rows.extend
+    for k in (1, 2):
+        rows.clear()
+        trainer.train_step(trainer.X[16 * (k - 1):16 * k], trainer.Y[16 * (k - 1):16 * k], 0.05)
+        monitor.record_layers(trainer, k)
+        got = {(r[1], r[2]): r[3:] for r in rows}
+        model = trainer.model
+        for i, layer in enumerate(model.layers):
+            s = layer.buf
+            for tensor, x, zeros in (("weight", layer.W, False), ("bias", layer.b, False),
+                                     ("grad_weight", layer.dW, True), ("grad_bias", layer.db, True),
+                                     ("grad_output", getattr(s, "dout", None), True)):
+                if x is None or (tensor == "grad_output" and x.shape != s.a.shape):
+                    assert (i, tensor) not in got
+                    continue
+                want = lean_view(tensor_stats(x, zeros=zeros))
+                assert got[(i, tensor)][:5] == want[:5] and got[(i, tensor)][6:] == want[6:], (i, tensor)
+                assert got[(i, tensor)][5] == pytest.approx(want[5], rel=1e-6), (i, tensor)
+            u = trainer.update[model.slices[i]["W"]]
+            want = tensor_stats(u)
+            update = got[(i, "update")]
+            assert update[:2] == (None, None)
+            assert update[2:6] == pytest.approx(want[2:6], rel=1e-6)
+            assert update[9] is not None and math.isfinite(update[9])  # the ratio
+            # the forward buffers keep every column
+            act = got[(i, "activation")]
+            assert act[0] is not None and act[1] is not None
+            saturation = layer.act.name if layer.act.saturating else None
+            want = tensor_stats(s.a, precise=True, zeros=True, saturation=saturation)
+            assert act == pytest.approx(want, rel=1e-5, abs=1e-7)
+    monitor.writer.close()
+
+
+def test_every_other_stride_keeps_every_column(tmp_path):
+    raw = {"seed": 0, "data": {"generator": "moons", "n_samples": 64},
+           "model": {"layers": [{"units": 4, "activation": "relu"}, {"units": 2, "activation": "softmax"}]},
+           "training": {"epochs": 1, "batch_size": 16}, "monitor": {"every": 2}}
+    cfg, data = prepare(from_mapping(raw), None)
+    trainer = Trainer(cfg, data)
+    monitor = Monitor(tmp_path, cfg)
+    monitor.start(trainer)
+    rows = []
+    monitor.writer.stat_rows = rows.extend
+    trainer.train_step(trainer.X[:16], trainer.Y[:16], 0.1)
+    monitor.record_layers(trainer, 2)
+    for r in rows:
+        assert r[3] is not None and r[4] is not None, r[:3]  # mean and std
+    monitor.writer.close()
