@@ -1,10 +1,9 @@
-"""`every: 1` records weights, biases, gradients and updates without mean and std, cut from the flat
-buffers (`segment_stats`): every other column must be what `tensor_stats` gives for the same tensor."""
+"""`every: 1` records weights, biases, gradients and updates without mean and std (`moments=False`):
+every other column must be what `tensor_stats` gives for the same tensor."""
 
 from __future__ import annotations
 
 import math
-from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from nandoctor.config import from_mapping
 from nandoctor.engine.trainer import Trainer
 from nandoctor.telemetry.monitor import Monitor
-from nandoctor.telemetry.stats import segment_stats, tensor_stats
+from nandoctor.telemetry.stats import PACK_MAX, stats_many, tensor_stats
 from nandoctor.training import prepare
 
 
@@ -22,45 +21,39 @@ def lean_view(values: tuple) -> tuple:
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_segments_agree_with_tensor_stats(dtype):
+def test_without_moments_every_other_column_is_unchanged(dtype):
     rng = np.random.default_rng(21)
-    sizes = [1, 17, 700, 5, 4096, 3]
-    flat = rng.normal(0.0, 2.0, sum(sizes)).astype(dtype)
-    flat[rng.random(flat.size) < 0.2] = 0.0
-    flat[5] = -0.0
-    bounds = [0, *np.cumsum(sizes).tolist()]
-    for zeros in (False, True):
-        got = segment_stats(flat, bounds, zeros)
-        for (a, b), g in zip(pairwise(bounds), got, strict=True):
-            want = tensor_stats(flat[a:b], zeros=zeros)
-            if dtype == np.float16:  # no fast path: the full statistics
-                assert g == want
-                continue
-            assert g[:2] == (None, None)
-            assert g[2:5] == want[2:5] and g[6:] == want[6:]  # min, max, abs_max, counts: exact
-            assert g[5] == pytest.approx(want[5], rel=1e-6 if dtype == np.float32 else 1e-12)
+    specs = []
+    for size in (1, 17, 700, 4096, 3 * PACK_MAX):  # packed and not
+        x = rng.normal(0.0, 2.0, size).astype(dtype)
+        x[rng.random(size) < 0.2] = 0.0
+        x[0] = -0.0
+        specs += [(x, False, True, None, False), (x.reshape(-1, 1), False, False, None, False)]
+    got = stats_many(specs)
+    for (x, _, zeros, _, _), g in zip(specs, got, strict=True):
+        want = tensor_stats(x, zeros=zeros)
+        assert g[:2] == (None, None)
+        assert g[2:5] == want[2:5] and g[6:] == want[6:]  # min, max, abs_max, counts: exact
+        assert g[5] == pytest.approx(want[5], rel=1e-6 if dtype != np.float64 else 1e-12)
+        assert tensor_stats(x, zeros=zeros, moments=False)[2:] == pytest.approx(want[2:], rel=1e-6)
 
 
-def test_a_segment_with_nan_or_inf_gets_the_full_careful_statistics():
+def test_a_tensor_with_nan_or_inf_still_gets_the_full_careful_statistics():
     flat = np.arange(12, dtype=np.float32) - 5
     flat[6] = np.nan
     flat[10] = -np.inf
-    bounds = [0, 4, 8, 12]
     with np.errstate(all="ignore"):
-        got = segment_stats(flat, bounds, zeros=True)
-        assert got[1] == tensor_stats(flat[4:8], zeros=True) and got[1][6] == 0.25
-        assert got[2] == tensor_stats(flat[8:12], zeros=True)
-    assert got[0] == lean_view(tensor_stats(flat[0:4], zeros=True))
-    # squares that overflow float32 with finite entries: the float64 path, as in tensor_stats
-    big = np.array([3e19, -2e19, 1.0, 2.0], np.float32)
+        assert tensor_stats(flat, zeros=True, moments=False) == tensor_stats(flat, zeros=True)
+        assert stats_many([(flat, False, True, None, False)]) == [tensor_stats(flat, zeros=True)]
+    big = np.array([3e19, -2e19, 1.0, 2.0] * 1000, np.float32)  # squares overflow float32: the float64 path
     with np.errstate(over="ignore"):
-        assert segment_stats(big, [0, 2, 4]) == [tensor_stats(big[:2]), lean_view(tensor_stats(big[2:]))]
+        assert tensor_stats(big, moments=False) == tensor_stats(big)
 
 
 @pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.05}, {"name": "momentum", "lr": 0.05}])
 def test_every_step_rows_are_tensor_stats_of_the_engine_buffers(tmp_path, optimizer):
-    """Batch norm puts gamma and beta between the layers' W and b segments; momentum builds the update
-    (SGD's is scaled from the gradient's statistics)."""
+    """With batch norm and dropout; momentum builds the update (SGD's is scaled from the gradient's
+    statistics)."""
     raw = {"seed": 3, "data": {"generator": "blobs", "n_samples": 120, "n_features": 5},
            "model": {"layers": [{"units": 9, "activation": "tanh", "norm": "batch"},
                                 {"units": 7, "activation": "relu", "dropout": 0.2},

@@ -15,14 +15,13 @@ import os
 import statistics
 import time
 from collections import deque
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
 from nandoctor.config import Config
 from nandoctor.telemetry.preflight import preflight
-from nandoctor.telemetry.stats import scaled_stats, segment_stats, stats_many, tensor_stats
+from nandoctor.telemetry.stats import scaled_stats, stats_many, tensor_stats
 from nandoctor.telemetry.store import RunWriter
 
 AUTO_DENSE_STEPS = 20
@@ -52,8 +51,6 @@ class Monitor:
         self.last_step = 0
         self.scale = math.inf  # median of the first losses: spikes must also be large in absolute terms
         self.weight_norms: list[float | None] = []  # |W| per layer at the end of step last_recorded
-        self._bounds: list[int] | None = None  # where the layers' parameters start in the flat buffers
-        self._spans: list[tuple[int, str]] = []  # (layer, parameter) of each of those segments
 
     # ---- observer hooks -----------------------------------------------------------------------
     def start(self, trainer) -> None:
@@ -144,42 +141,34 @@ class Monitor:
 
     def record_layers(self, trainer, step: int) -> None:
         """Per-layer statistics from the buffers the step left behind (nothing is recomputed). With
-        `every: 1` (`lean`) weights, biases, gradients and updates get no mean and std: nothing reads
-        them, and the sum they need is a memory pass over every parameter on every step."""
+        `every: 1` weights, biases, gradients and updates get no mean and std (`moments`): nothing
+        reads them, and the sum behind them is one more pass over every parameter on every step."""
         model, scale = trainer.model, trainer.update_scale
-        lean = self.stride == 1 and self._contiguous_params(model)
-        grads = trainer.backward_ran  # else the gradient buffers still hold the previous step
-        keys, specs, lean_outputs, derived = [], [], [], []
+        m = self.stride != 1  # the parameters' and gradients' mean and std
+        upd = None if scale else trainer.update
+        keys, specs, derived = [], [], []
         for layer, spans in zip(model.layers, model.slices, strict=True):
             s, i, act = layer.buf, layer.index, layer.act
             if s is None:
                 continue
-            tensors = [("pre_activation", s.lin, True, False, None)]
+            tensors = [("pre_activation", s.lin, True, False, None, True)]
             if layer.batch_norm:
-                tensors.append(("normalized", s.z, True, False, None))
-            tensors.append(("activation", s.a, True, True, act.name if act.saturating else None))
-            if not lean:
-                tensors += [("weight", layer.W, False, False, None), ("bias", layer.b, False, False, None)]
-            if grads:
-                if not lean:
-                    if scale:  # the update is scale * dW: its statistics follow from the gradient's
-                        derived.append((i, len(keys) + len(tensors)))
-                    tensors += [("grad_weight", layer.dW, False, True, None),
-                                ("grad_bias", layer.db, False, True, None)]
-                    if not scale:  # 2-D, so its sum is one matrix-vector product
-                        tensors.append(("update", trainer.update[spans["W"]].reshape(layer.W.shape), False, False,
-                                        None))
+                tensors.append(("normalized", s.z, True, False, None, True))
+            tensors += [("activation", s.a, True, True, act.name if act.saturating else None, True),
+                        ("weight", layer.W, False, False, None, m), ("bias", layer.b, False, False, None, m)]
+            if trainer.backward_ran:  # else the gradient buffers still hold the previous step
+                if scale:  # the update is scale * dW: its statistics follow from the gradient's
+                    derived.append((i, len(keys) + len(tensors)))
+                tensors += [("grad_weight", layer.dW, False, True, None, m),
+                            ("grad_bias", layer.db, False, True, None, m)]
                 dout = getattr(s, "dout", None)
                 if dout is not None and dout.shape == s.a.shape:
-                    if lean:
-                        lean_outputs.append((i, dout))
-                    else:
-                        tensors.append(("grad_output", dout, False, True, None))
+                    tensors.append(("grad_output", dout, False, True, None, m))
+                if not scale:  # 2-D, so its sum is one matrix-vector product
+                    tensors.append(("update", upd[spans["W"]].reshape(layer.W.shape), False, False, None, m))
             keys += [(step, i, name) for name, *_ in tensors]
             specs += [spec for _, *spec in tensors]
         values = stats_many(specs)
-        if lean:
-            self._lean_rows(trainer, step, grads, lean_outputs, keys, values, derived)
         for i, k in derived:
             keys.append((step, i, "update"))
             values.append(scaled_stats(values[k], scale))
@@ -192,34 +181,3 @@ class Monitor:
         self.last_recorded = step
         self.weight_norms = [values[by_layer[layer.index]][5] if layer.index in by_layer else None
                              for layer in model.layers]
-
-    def _contiguous_params(self, model) -> bool:
-        """Do the layers' parameter spans tile the flat buffers (so `segment_stats` can cut them)?"""
-        if self._bounds is None:
-            spans = sorted((sl.start, sl.stop, i, name) for i, d in enumerate(model.slices) for name, sl in d.items())
-            tiled = spans and spans[0][0] == 0 and all(a[1] == b[0] for a, b in pairwise(spans))
-            self._spans = [(i, name) for _, _, i, name in spans]
-            self._bounds = [a for a, *_ in spans] + [spans[-1][1]] if tiled else []
-        return bool(self._bounds)
-
-    def _lean_rows(self, trainer, step: int, grads: bool, outputs: list, keys: list, values: list,
-                   derived: list) -> None:
-        """The `every: 1` rows of weights, biases, gradients and updates, cut from the flat buffers."""
-        model, scale, bounds = trainer.model, trainer.update_scale, self._bounds
-        recorded = {layer.index for layer in model.layers if layer.buf is not None}
-        groups = [(model.params, {"W": "weight", "b": "bias"}, False)]
-        if grads:
-            groups.append((model.grads, {"W": "grad_weight", "b": "grad_bias"}, True))
-            if not scale:
-                groups.append((trainer.update, {"W": "update"}, False))
-        for flat, names, zeros in groups:
-            for (i, name), v in zip(self._spans, segment_stats(flat, bounds, zeros), strict=True):
-                if name in names and i in recorded:
-                    if scale and name == "W" and zeros:
-                        derived.append((i, len(keys)))
-                    keys.append((step, i, names[name]))
-                    values.append(v)
-        for i, dout in outputs:
-            flat = dout.reshape(-1)
-            keys.append((step, i, "grad_output"))
-            values.append(segment_stats(flat, [0, flat.size], zeros=True)[0])

@@ -10,7 +10,6 @@ entries and recomputes over the finite ones in float64.
 from __future__ import annotations
 
 import math
-from itertools import pairwise
 
 import numpy as np
 
@@ -45,11 +44,12 @@ def saturated_fraction(a: np.ndarray, activation: str) -> float | None:
 
 
 def tensor_stats(x: np.ndarray, *, precise: bool = False, zeros: bool = False,
-                 saturation: str | None = None, ratio: float | None = None) -> tuple:
+                 saturation: str | None = None, ratio: float | None = None, moments: bool = True) -> tuple:
     """(mean, std, min, max, abs_max, norm, nonfinite, saturated, zero, ratio) of x.
 
     precise: a shifted variance (activations, whose mean can dwarf their spread); otherwise std comes
-    from the sums already needed for the norm (weights and gradients, centred near 0). x may be a
+    from the sums already needed for the norm (weights and gradients, centred near 0). moments=False
+    leaves the mean and std out (None) of a finite x, and with them the pass for the sum. x may be a
     strided view (the engine's outputs sit beside a column of ones)."""
     n = x.size
     if n == 0:
@@ -59,10 +59,10 @@ def tensor_stats(x: np.ndarray, *, precise: bool = False, zeros: bool = False,
         m = m.astype(np.float32)
     elif not m.flags.c_contiguous:  # numpy runs ~2x slower on strided rows: one copy is cheaper
         m = _contiguous(m)
-    moments = _shifted_moments(m) if precise else _moments(m)
-    if moments is None:
+    sums = _shifted_moments(m) if precise else _moments(m) if moments else _norm(m)
+    if sums is None:
         return _careful_stats(x, m.reshape(-1), precise, zeros, saturation, ratio)
-    mean, std, norm = moments
+    mean, std, norm = sums
     mn, mx = float(np.minimum.reduce(m, axis=None)), float(np.maximum.reduce(m, axis=None))
     zero = None
     if zeros:  # count_nonzero on floats is ~5x slower than on the comparison
@@ -74,52 +74,26 @@ def tensor_stats(x: np.ndarray, *, precise: bool = False, zeros: bool = False,
 def scaled_stats(stats: tuple, c: float) -> tuple:
     """The statistics of c * x from those of finite x (zeros and saturation not carried over): a
     fused SGD update is -lr times the gradient, so it needs no pass of its own. Exact up to the
-    rounding of c * x to the tensor's dtype. A mean and std left out (`segment_stats`) stay None."""
+    rounding of c * x to the tensor's dtype."""
     mean, std, mn, mx, abs_max, norm = stats[:6]
     lo, hi = (c * mn, c * mx) if c >= 0 else (c * mx, c * mn)
     a = abs(c)
-    mean, std = (None, None) if mean is None else (c * mean, a * std)
+    mean, std = (None, None) if mean is None else (c * mean, a * std)  # left out (moments=False)
     return (mean, std, lo, hi, a * abs_max, a * norm, 0.0, None, None, None)
 
 
-def segment_stats(flat: np.ndarray, bounds: list[int], zeros: bool = False) -> list[tuple]:
-    """`tensor_stats` (mean and std None) of each segment flat[bounds[k]:bounds[k + 1]] of one
-    contiguous float32/float64 buffer, such as the model's flat parameters or gradients: one
-    `reduceat` each for min and max over all segments, a dot product per segment for the norm and,
-    with zeros, one comparison over the buffer. Leaving the mean and std out saves the sum's memory
-    pass; min and max come along with the abs-max. A segment with NaN/Inf (or whose squares
-    overflow) gets the full `tensor_stats`, as it would anywhere else."""
-    lo, hi = bounds[0], bounds[-1]
-    if flat.dtype not in (np.float32, np.float64) or any(b <= a for a, b in pairwise(bounds)):
-        return [tensor_stats(flat[a:b], zeros=zeros) for a, b in pairwise(bounds)]
-    span = flat[lo:hi]
-    starts = np.subtract(bounds[:-1], lo)
-    mn, mx = np.minimum.reduceat(span, starts).tolist(), np.maximum.reduceat(span, starts).tolist()
-    if zeros:
-        nonzero = np.not_equal(span, 0, out=_scratch("bool", span.size, BOOL))
-    out = []
-    for k, (a, b) in enumerate(pairwise(bounds)):
-        seg = flat[a:b]
-        s2 = float(np.dot(seg, seg))
-        if not math.isfinite(s2):  # else every entry is finite
-            out.append(tensor_stats(seg, zeros=zeros))
-            continue
-        zero = 1.0 - np.count_nonzero(nonzero[a - lo:b - lo]) / (b - a) if zeros else None
-        out.append((None, None, mn[k], mx[k], max(-mn[k], mx[k]), math.sqrt(s2), 0.0, None, zero, None))
-    return out
-
-
-def stats_many(specs: list[tuple[np.ndarray, bool, bool, str | None]]) -> list[tuple]:
-    """`tensor_stats` (ratio None) of each (x, precise, zeros, saturation). Small tensors are copied
-    into one float64 buffer and reduced per segment, a dozen numpy calls for all of them; their
-    std is the two-pass one in float64. A segment with NaN/Inf is redone by `tensor_stats`."""
+def stats_many(specs: list[tuple]) -> list[tuple]:
+    """`tensor_stats` (ratio None) of each (x, precise, zeros, saturation[, moments]). Small tensors
+    are copied into one float64 buffer and reduced per segment, a dozen numpy calls for all of them;
+    their std is the two-pass one in float64 (left out, like a large tensor's, without moments). A
+    segment with NaN/Inf is redone by `tensor_stats`."""
     out: list = [None] * len(specs)
     small = []
-    for k, (x, precise, zeros, saturation) in enumerate(specs):
+    for k, (x, precise, zeros, saturation, *moments) in enumerate(specs):
         if 0 < x.size <= PACK_MAX:
             small.append(k)
         else:
-            out[k] = tensor_stats(x, precise=precise, zeros=zeros, saturation=saturation)
+            out[k] = tensor_stats(x, precise=precise, zeros=zeros, saturation=saturation, moments=moments != [False])
     if not small:
         return out
     arrays = [specs[k][0].reshape(-1) for k in small]
@@ -139,12 +113,13 @@ def stats_many(specs: list[tuple[np.ndarray, bool, bool, str | None]]) -> list[t
     table = np.column_stack([s1 / sizes, np.sqrt(centred / sizes), mn, mx, np.maximum(-mn, mx), np.sqrt(s2),
                              1.0 - nonzero / sizes]).tolist()
     for k, row, ok in zip(small, table, finite, strict=True):
-        x, precise, zeros, saturation = specs[k]
+        x, precise, zeros, saturation, *moments = specs[k]
         if not ok:
             out[k] = tensor_stats(x, precise=precise, zeros=zeros, saturation=saturation)
             continue
         sat = saturated_fraction(x, saturation) if saturation else None
-        out[k] = (*row[:6], 0.0, sat, row[6] if zeros else None, None)
+        mean_std = (None, None) if moments == [False] else row[:2]
+        out[k] = (*mean_std, *row[2:6], 0.0, sat, row[6] if zeros else None, None)
     return out
 
 
@@ -158,6 +133,13 @@ def _sum(m: np.ndarray) -> float:
     """Sum of a 2-D array as ones @ m @ ones: BLAS reads it once."""
     rows, cols = m.shape
     return float(np.dot(np.dot(_scratch("ones", rows, m.dtype), m), _scratch("ones", cols, m.dtype)))
+
+
+def _norm(m: np.ndarray) -> tuple[None, None, float] | None:
+    """(None, None, norm) from the sum of squares alone; None if it is not finite."""
+    flat = m.reshape(-1)
+    s2 = float(np.dot(flat, flat))
+    return (None, None, math.sqrt(s2)) if math.isfinite(s2) else None
 
 
 def _moments(m: np.ndarray) -> tuple[float, float, float] | None:
