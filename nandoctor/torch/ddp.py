@@ -23,6 +23,18 @@ PHASES = {"data": 0, "forward": 1, "loss": 2, "backward": 3, "update": 4}
 STATUS_ORDER = ("diverged", "interrupted", "running", "completed")  # the merged status is the first that occurs
 
 
+def distributed() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed process group, else (0, 1)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except Exception:
+        pass
+    return 0, 1
+
+
 def rank_dir(run_dir: str | Path, rank: int) -> Path:
     """Where `rank` records: the run directory for rank 0, `rank<k>/` inside it otherwise."""
     run_dir = Path(run_dir)

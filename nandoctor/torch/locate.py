@@ -68,6 +68,18 @@ def _size(t: Any) -> int:
     return int(t.numel()) if isinstance(t, torch.Tensor) else 0
 
 
+def locate_data(bad_x: int, bad_y: int, names: list[str], inputs: Any, step: int) -> dict:
+    """Non-finite inputs (`bad_x`, in the features `names`) or targets (`bad_y`) in the batch shown to the
+    recorder, as the data profile counted them."""
+    parts = []
+    if bad_x:
+        shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+        parts.append(f"{bad_x} non-finite input values in the batch of step {step} (features: {shown})")
+    if bad_y:
+        parts.append(f"{bad_y} non-finite targets in the batch of step {step}")
+    return _event("data", None, "input" if bad_x else "target", "; ".join(parts), bad_x + bad_y, _size(inputs))
+
+
 def locate_forward(trace: list[Entry], layers: list[LayerInfo], model_input: Any, step: int) -> dict | None:
     """The first non-finite value of the forward pass, or None when every hooked tensor is finite."""
     bad = n_bad(model_input)
@@ -218,6 +230,12 @@ def locate_backward(trace: list[Entry], layers: list[LayerInfo], grad_out: dict[
                               f"({info.name}) is non-finite", bad, _size(p.grad),
                               role="propagator" if distributed else "producer", module=info.name)
     return None
+
+
+def unlocated(grads_ok: bool) -> dict:
+    """A step's loss or gradients went non-finite and no hooked tensor shows where."""
+    return _event("backward" if not grads_ok else "loss", None, None,
+                  "non-finite value (not found in the hooked modules' tensors)", 0, 0)
 
 
 def locate_params(layers: list[LayerInfo], step: int) -> dict | None:

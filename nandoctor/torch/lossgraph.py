@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 MAX_NODES = 200
 REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}
 FUSED = {  # node -> (name, stable, output activation the loss applies itself)
@@ -44,6 +46,21 @@ def walk(loss_fn: Any, stop: set[int]) -> list[Any]:
             continue
         queue.extend(child for child, _ in getattr(node, "next_functions", ()))
     return order
+
+
+def output_fns(out: Any, found: set[int]) -> set[int]:
+    """Ids of the grad_fn nodes of the model output's tensors (`out` may nest them in lists, tuples, dicts):
+    where the walk from the loss stops."""
+    if isinstance(out, torch.Tensor):
+        if out.grad_fn is not None:
+            found.add(id(out.grad_fn))
+    elif isinstance(out, list | tuple):
+        for o in out:
+            output_fns(o, found)
+    elif isinstance(out, dict):
+        for o in out.values():
+            output_fns(o, found)
+    return found
 
 
 def infer_loss(loss: Any, output_fns: set[int]) -> dict:
