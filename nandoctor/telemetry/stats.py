@@ -83,17 +83,17 @@ def scaled_stats(stats: tuple, c: float) -> tuple:
 
 
 def stats_many(specs: list[tuple]) -> list[tuple]:
-    """`tensor_stats` (ratio None) of each (x, precise, zeros, saturation[, moments]). Small tensors
+    """`tensor_stats` (ratio None) of each (x, precise, zeros, saturation, moments). Small tensors
     are copied into one float64 buffer and reduced per segment, a dozen numpy calls for all of them;
     their std is the two-pass one in float64 (left out, like a large tensor's, without moments). A
     segment with NaN/Inf is redone by `tensor_stats`."""
     out: list = [None] * len(specs)
     small = []
-    for k, (x, precise, zeros, saturation, *moments) in enumerate(specs):
+    for k, (x, precise, zeros, saturation, moments) in enumerate(specs):
         if 0 < x.size <= PACK_MAX:
             small.append(k)
         else:
-            out[k] = tensor_stats(x, precise=precise, zeros=zeros, saturation=saturation, moments=moments != [False])
+            out[k] = tensor_stats(x, precise=precise, zeros=zeros, saturation=saturation, moments=moments)
     if not small:
         return out
     arrays = [specs[k][0].reshape(-1) for k in small]
@@ -113,12 +113,12 @@ def stats_many(specs: list[tuple]) -> list[tuple]:
     table = np.column_stack([s1 / sizes, np.sqrt(centred / sizes), mn, mx, np.maximum(-mn, mx), np.sqrt(s2),
                              1.0 - nonzero / sizes]).tolist()
     for k, row, ok in zip(small, table, finite, strict=True):
-        x, precise, zeros, saturation, *moments = specs[k]
+        x, precise, zeros, saturation, moments = specs[k]
         if not ok:
             out[k] = tensor_stats(x, precise=precise, zeros=zeros, saturation=saturation)
             continue
         sat = saturated_fraction(x, saturation) if saturation else None
-        mean_std = (None, None) if moments == [False] else row[:2]
+        mean_std = row[:2] if moments else (None, None)
         out[k] = (*mean_std, *row[2:6], 0.0, sat, row[6] if zeros else None, None)
     return out
 
