@@ -629,11 +629,11 @@ def test_stats_many_packs_small_tensors_and_agrees_with_tensor_stats(dtype):
             x = np.ones((3, PACK_MAX + 1), dtype) * x.reshape(-1)[0]  # one too big to pack
         if k % 7 == 0:
             x.reshape(-1)[k % x.size] = [np.nan, np.inf][k % 2]  # redone by tensor_stats, exactly
-        specs.append((x, k % 2 == 0, k % 3 == 0, ["tanh", None, "softmax"][k % 3]))
-    specs.append((np.empty((0, 3), dtype), True, True, None))
+        specs.append((x, k % 2 == 0, k % 3 == 0, ["tanh", None, "softmax"][k % 3], True))
+    specs.append((np.empty((0, 3), dtype), True, True, None, True))
     with np.errstate(all="ignore"):
         got = stats_many(specs)
-        want = [original_tensor_stats(x, precise=p, zeros=z, saturation=s) for x, p, z, s in specs]
+        want = [original_tensor_stats(x, precise=p, zeros=z, saturation=s) for x, p, z, s, _ in specs]
     assert got.pop() == (None,) * 10
     for (x, *_), g, w in zip(specs, got, want, strict=False):
         if not np.isfinite(x).all():
