@@ -355,12 +355,12 @@ def test_replay_leaves_training_untouched(tmp_path):
         out = model(x)
         F.cross_entropy(out, y).backward()
         if k == 5:  # an unsampled step: no hooks ran; re-run its forward as a non-finite loss would
-            assert not rec._trace
+            assert not rec.tracer.trace
             rng, stats = torch.get_rng_state(), model[1].running_mean.clone()
-            rec._replay()
+            rec.tracer.replay()
             assert torch.equal(rng, torch.get_rng_state()) and torch.equal(stats, model[1].running_mean)
-            assert torch.equal(rec._trace[-1].out, out)  # the same dropout masks and batch statistics
-            assert [e.name for e in rec._trace] == ["0", "1", "2", "4"]
+            assert torch.equal(rec.tracer.trace[-1].out, out)  # the same dropout masks and batch statistics
+            assert [e.name for e in rec.tracer.trace] == ["0", "1", "2", "4"]
         rec.step(F.cross_entropy(out.detach(), y), opt)
         opt.step()
     rec.close()

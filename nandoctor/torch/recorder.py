@@ -139,7 +139,6 @@ class Recorder:
                              every_step=self.world_size > 1)
         self.tracer.sampling = self.sampler.sampled(1)
         self.layer_stats = LayerStats(self.layers, self.writer, self.tracer, self.guard)
-        self._trace, self._replay = self.tracer.trace, self.tracer.replay  # as the tests reach them
         if optimizer is not None:
             self.layer_stats.set_optimizer(optimizer)
         self._atexit = register_atexit(self)
