@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nandoctor.config.paths import compact
 from nandoctor.diagnose.finding import Diagnosis
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -28,7 +29,7 @@ def console(stderr: bool = False) -> Console:
 def format_patch(patch: dict | None) -> str:
     if not patch:
         return "(no config change: see advice)"
-    return "  ".join(f"--set {k}={_scalar(v)}" for k, v in patch.items())
+    return "  ".join(f"--set {k}={_scalar(v)}" for k, v in compact(patch).items())
 
 
 def _scalar(v) -> str:

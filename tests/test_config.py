@@ -528,6 +528,31 @@ def test_apply_does_not_mutate_its_input():
     assert [layer["units"] for layer in out["model"]["layers"]] == [5, 5]
 
 
+@pytest.mark.parametrize(("selector", "picked"), [
+    ("0:-1", [0, 1, 2]), (":2", [0, 1]), ("2:", [2, 3]), ("-2:", [2, 3]), ("1:3", [1, 2]), ("0:99", [0, 1, 2, 3]),
+    ("*", [0, 1, 2, 3]), ("-1", [3]),
+])
+def test_a_slice_of_list_items_selects_what_python_would(selector, picked):
+    raw = {"model": {"layers": [{"units": 4} for _ in range(4)]}}
+    out = paths.apply(raw, f"model.layers.{selector}.norm", "batch")
+    assert [i for i, layer in enumerate(out["model"]["layers"]) if layer.get("norm") == "batch"] == picked
+
+
+@pytest.mark.parametrize(("patch", "shown"), [
+    ({f"model.layers.{i}.norm": "batch" for i in range(12)}, {"model.layers.0:12.norm": "batch"}),
+    ({"model.layers.0.init": "he_normal", "model.layers.1.init": "he_normal", "model.layers.3.init": "he_normal",
+      "model.layers.4.init": "glorot_uniform", "optimizer.lr": 0.01},
+     {"model.layers.0:2.init": "he_normal", "model.layers.3.init": "he_normal",
+      "model.layers.4.init": "glorot_uniform", "optimizer.lr": 0.01}),
+    ({"model.layers.2.activation": "relu", "model.layers.2.init": "he_normal", "model.layers.3.activation": "relu"},
+     {"model.layers.2.activation": "relu", "model.layers.2.init": "he_normal", "model.layers.3.activation": "relu"}),
+])
+def test_compact_writes_runs_of_items_as_one_slice_that_applies_the_same(patch, shown):
+    assert paths.compact(patch) == shown
+    raw = {"model": {"layers": [{"units": 4} for _ in range(12)]}, "optimizer": {"lr": 1.0}}
+    assert paths.apply_all(raw, paths.compact(patch)) == paths.apply_all(raw, patch)
+
+
 def test_set_scalars(cfg_file):
     cfg = load_config(cfg_file, ["optimizer.lr=1e-3", "training.shuffle=false", "seed=9", "name=exp"])
     assert cfg.optimizer.lr == 0.001 and isinstance(cfg.optimizer.lr, float)
@@ -596,7 +621,7 @@ BAD_OVERRIDES = {
     "no equals": ("foo", ["malformed override 'foo'"], "PATH=VALUE", None),
     "no path": ("=1", ["malformed override '=1'"], "PATH=VALUE", None),
     "index out of range": ("model.layers.9.units=3", ["index 9 out of range", "3 items"], None, "model.layers"),
-    "not an index": ("model.layers.x.units=3", ["'x' is not an index or '*'"], None, "model.layers"),
+    "not an index": ("model.layers.x.units=3", ["'x' is not an index, a slice (a:b) or '*'"], None, "model.layers"),
     "empty key": ("model..units=3", ["malformed path 'model..units'"], "model.layers.0.units", None),
     "star on a mapping": ("model.*.units=3", ["'*' only selects list items"], None, "model"),
     "bad yaml value": ("optimizer.lr=[1", ["not valid YAML"], None, None),

@@ -1,6 +1,7 @@
 """The SPEC path syntax shared by `--set` and fix patches: `optimizer.lr`, `model.layers.0.init`,
-`model.layers.*.activation`. Paths apply to the raw mapping before validation, so an override is
-checked exactly like a value written in the file.
+`model.layers.*.activation`, extended with Python slices of list items (`model.layers.0:-1.norm`,
+every layer but the output one). Paths apply to the raw mapping before validation, so an override
+is checked exactly like a value written in the file.
 """
 
 from __future__ import annotations
@@ -76,8 +77,7 @@ def _write(node: Any, parts: list[str], value: Any, full: str, seen: list[str]) 
     key, rest = parts[0], parts[1:]
     where = ".".join(seen) or "<top>"
     if isinstance(node, list):
-        indexes = range(len(node)) if key == "*" else [_index(key, len(node), full, where)]
-        for i in indexes:
+        for i in _items(key, len(node), full, where):
             node[i] = _descend(node[i], rest, value, full, [*seen, str(i)])
         return node
     if not isinstance(node, dict):
@@ -98,12 +98,54 @@ def _descend(child: Any, rest: list[str], value: Any, full: str, seen: list[str]
     return _write(child, rest, value, full, seen)
 
 
+def _items(key: str, length: int, full: str, where: str) -> range | list[int]:
+    """The list items `key` selects: `*` all of them, `a:b` a slice (Python's; either end may be
+    left out or negative), else one index."""
+    if key == "*":
+        return range(length)
+    if ":" not in key:
+        return [_index(key, length, full, where)]
+    start, _, stop = key.partition(":")
+    try:
+        picked = range(length)[slice(int(start) if start else None, int(stop) if stop else None)]
+    except ValueError:
+        raise _not_an_index(full, where, key) from None
+    if not picked:
+        raise ConfigError(f"path '{full}': slice {key} selects none of the {length} items of '{where}'", path=where)
+    return picked
+
+
+def _not_an_index(full: str, where: str, key: str) -> ConfigError:
+    return ConfigError(f"path '{full}': '{where}' is a list, '{key}' is not an index, a slice (a:b) or '*'",
+                       path=where)
+
+
 def _index(key: str, length: int, full: str, where: str) -> int:
     try:
         i = int(key)
     except ValueError:
-        raise ConfigError(f"path '{full}': '{where}' is a list, '{key}' is not an index or '*'",
-                          path=where) from None
+        raise _not_an_index(full, where, key) from None
     if not -length <= i < length:
         raise ConfigError(f"path '{full}': index {i} out of range, '{where}' has {length} items", path=where)
     return i
+
+
+def compact(patch: dict[str, Any]) -> dict[str, Any]:
+    """The same patch with each run of consecutive list items set to one value written as a slice:
+    `model.layers.0.norm` ... `model.layers.11.norm` -> `model.layers.0:12.norm`. For people to read
+    and type; patches themselves keep one key per item (the SPEC syntax)."""
+    runs: list[list] = []  # [(parts before, parts after) the first index, first, last, value]
+    for key, value in patch.items():
+        parts = key.split(".")
+        at = next((k for k, p in enumerate(parts) if p.isdigit()), None)
+        if at is None:
+            runs.append([key, None, None, value])
+            continue
+        i, around = int(parts[at]), (parts[:at], parts[at + 1:])
+        last = runs[-1] if runs else None
+        if last and last[0] == around and last[3] == value and last[2] == i - 1:
+            last[2] = i
+        else:
+            runs.append([around, i, i, value])
+    return {key if first is None else ".".join([*key[0], f"{first}:{end + 1}" if end > first else str(first), *key[1]]):
+            value for key, first, end, value in runs}

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from nandoctor.config.paths import compact
 from nandoctor.diagnose.facts import Facts, LayerFacts
 from nandoctor.diagnose.finding import Fix
 
@@ -76,6 +77,11 @@ def hidden_activation_patch(layers: list[LayerFacts], activation: str) -> dict:
             patch[f"{lf.path}.activation"] = activation
             patch[f"{lf.path}.init"] = matching_init(activation)
     return patch
+
+
+def listing(lead: str, patch: dict) -> str:
+    """`lead: path: value, ...`, runs of layers given the same value shown as one slice."""
+    return f"{lead}: " + ", ".join(f"{k}: {v}" for k, v in compact(patch).items())
 
 
 def config_fix(facts: Facts, summary: str, patch: dict, advice: str | None = None) -> Fix:

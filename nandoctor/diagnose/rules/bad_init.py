@@ -4,7 +4,7 @@ import math
 
 from nandoctor.diagnose.facts import Facts, LayerFacts
 from nandoctor.diagnose.finding import Rule
-from nandoctor.diagnose.helpers import RELU_LIKE, config_fix, g, matching_init
+from nandoctor.diagnose.helpers import RELU_LIKE, config_fix, g, listing, matching_init
 
 TOO_LARGE = 4.0  # x the std that keeps activations at unit scale
 TOO_SMALL = 0.2
@@ -68,7 +68,7 @@ def check(f: Facts):
     if f.failed:
         harm += 0.1
     patch = {f"{lf.path}.init": matching_init(lf.activation) for lf in off}
-    fix = config_fix(f, "initialise for the activation: " + ", ".join(f"{k}: {v}" for k, v in patch.items()), patch,
+    fix = config_fix(f, listing("initialise for the activation", patch), patch,
                      "use He init for ReLU layers and Glorot/LeCun for tanh/sigmoid")
     severity = "error" if f.failed else ("warning" if harm else "info")
     return RULE.finding(severity, 0.55 + harm + (0.1 if len(off) > 1 else 0), evidence, [fix])

@@ -4,7 +4,7 @@ import math
 
 from nandoctor.diagnose.facts import Facts
 from nandoctor.diagnose.finding import Rule
-from nandoctor.diagnose.helpers import config_fix, pct
+from nandoctor.diagnose.helpers import config_fix, listing, pct
 
 DEAD = 0.5  # share of a layer's units dead on the whole training set
 
@@ -28,7 +28,7 @@ def check(f: Facts):
                 evidence.append(f"layer {lf.index} starts with negative biases ({bias}): units begin switched off")
                 patch[f"{lf.path}.bias_init"] = 0.0
     worst = max(_num(lf.dead) for lf in dead)
-    fix = config_fix(f, "keep a gradient for negative inputs: " + ", ".join(f"{k}: {v}" for k, v in patch.items()),
+    fix = config_fix(f, listing("keep a gradient for negative inputs", patch),
                      patch, "use LeakyReLU, He init and zero biases in the dead layers")
     return RULE.finding("error" if f.failed else "warning", 0.55 + 0.3 * worst + (0.1 if f.failed else 0.0),
                         evidence, [fix])

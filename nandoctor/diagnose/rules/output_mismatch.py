@@ -2,7 +2,7 @@
 
 from nandoctor.diagnose.facts import Facts
 from nandoctor.diagnose.finding import Fix, Rule
-from nandoctor.diagnose.helpers import config_fix, loss_spec
+from nandoctor.diagnose.helpers import config_fix, listing, loss_spec
 
 STRUCTURAL = 0.9
 
@@ -58,7 +58,7 @@ def check(f: Facts):
     patch: dict = {}
     for _, p, _ in found:
         patch.update(p)
-    summary = "make output and loss agree: " + ", ".join(f"{k}: {v}" for k, v in patch.items())
+    summary = listing("make output and loss agree", patch)
     weight = max(w for _, _, w in found)
     fixes = [config_fix(f, summary, patch)] if f.cfg else [Fix(summary, None)]
     structural = weight >= STRUCTURAL  # the loss reads something that is not a probability, or labels overflow

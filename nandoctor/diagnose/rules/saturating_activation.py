@@ -2,7 +2,7 @@
 
 from nandoctor.diagnose.facts import Facts
 from nandoctor.diagnose.finding import Rule
-from nandoctor.diagnose.helpers import config_fix, g, hidden_activation_patch, pct
+from nandoctor.diagnose.helpers import config_fix, g, hidden_activation_patch, listing, pct
 
 SATURATED = 0.5  # share of a layer's outputs within 1 % of the limits
 GRAD_SHRINK = 5e-2  # first-layer vs last-layer gradient norm in a deep sigmoid/tanh stack
@@ -29,8 +29,7 @@ def check(f: Facts):
         evidence.append(f"the loss went from {g(f.initial_loss)} to {g(f.final_loss)}"
                         + (f" and diverged at step {(f.first_nonfinite or {}).get('step')}" if f.diverged else ""))
     patch = hidden_activation_patch(f.layers, "relu")
-    fix = config_fix(f, "use ReLU with He init in the hidden layers: " +
-                     ", ".join(f"{k}: {v}" for k, v in patch.items()), patch,
+    fix = config_fix(f, listing("use ReLU with He init in the hidden layers", patch), patch,
                      "use ReLU (with He init) in the hidden layers")
     score = 0.6 + 0.2 * max([_num(lf.saturated) for lf in pinned] or [0.0]) + (0.1 if f.failed else 0.0)
     return RULE.finding("error" if f.failed else "warning", score, evidence, [fix])

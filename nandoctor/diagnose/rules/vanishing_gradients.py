@@ -4,7 +4,7 @@ import math
 
 from nandoctor.diagnose.facts import Facts
 from nandoctor.diagnose.finding import Rule
-from nandoctor.diagnose.helpers import config_fix, g
+from nandoctor.diagnose.helpers import config_fix, g, listing
 
 SHRINK = 5e-3  # first-layer vs output-layer gradient norm
 
@@ -23,7 +23,7 @@ def check(f: Facts):
     if not f.learned:
         evidence.append(f"the run did not learn: loss {g(f.initial_loss)} -> {g(f.final_loss)}")
     patch = {f"{lf.path}.norm": "batch" for lf in f.hidden}
-    fix = config_fix(f, "normalise the hidden layers: " + ", ".join(f"{k}: {v}" for k, v in patch.items()), patch,
+    fix = config_fix(f, listing("normalise the hidden layers", patch), patch,
                      "add batch norm to the hidden layers, or use ReLU with He init")
     worst = min(lf.grad_norm / out for lf in low)
     strength = min(math.log10(SHRINK / max(worst, 1e-30)), 3.0) / 3.0  # 0 at 1e-3, 1 at 1e-6 and below
