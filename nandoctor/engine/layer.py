@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from nandoctor.engine.activations import Activation
+from nandoctor.engine.threads import BLAS_DTYPES
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
@@ -26,7 +27,6 @@ MAX_BUFFER_SETS = 4
 # The first layer folds its bias only when copying its input (batch x fan_in) costs less than the
 # bias add and reduction it saves (two passes over batch x fan_out); measured on 784-256 it does not.
 COPY_RATIO = 2
-BLAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # np.dot on 2-D operands is the BLAS product np.matmul makes, with ~0.7 us less dispatch a call: it
 # matters for a product this small (a 2-16-16-2 step makes 8). Larger ones keep matmul, which hands
 # OpenBLAS a transposed operand faster (784x128 @ 128x256: 224 us vs 297 us). float16 has no BLAS.

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from nandoctor.config.schema import LossConfig
+from nandoctor.engine.threads import BLAS_DTYPES
 
 P_CLIP = 1e-7
-BLAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 FLOORS = {dt: float(np.sqrt(np.finfo(dt).tiny)) for dt in BLAS_DTYPES}
 
 
@@ -96,7 +96,7 @@ class CrossEntropy(Loss):
 
     def _batch_shift(self, z, a, y) -> float | None:
         """The same with one shift for the whole batch, its max M: numpy reduces along a short row
-        ~10x slower than over the whole array, and a BLAS product sums the rows. Exact as long as
+        ~10x slower than over the whole array, and a BLAS product sums the rows. As accurate while
         every row's sum of exp(z - M) stays >= sqrt(tiny), so any probability above that is still a
         normal number; otherwise (a row far below the batch max, or no finite max) None. Two columns
         reduce as fast either way, and the row shift makes fewer calls."""
@@ -108,24 +108,21 @@ class CrossEntropy(Loss):
         np.subtract(z, m, out=a)
         shifted = self._pick(a, y)
         np.exp(a, out=a)
-        s = np.matmul(a, self._ones(z.shape[1], z.dtype), out=self._row_buf(z.shape[0], z.dtype))
+        s = np.matmul(a, self._vector("ones", z.shape[1], z.dtype, np.ones),
+                      out=self._vector("row_sums", z.shape[0], z.dtype))
         if not np.minimum.reduce(s) >= FLOORS[z.dtype]:
             return None
         total = float(np.add.reduce(np.log(s), axis=None)) - float(np.add.reduce(shifted))
         np.multiply(a, np.reciprocal(s, out=s)[:, None], out=a)
         return total
 
-    def _ones(self, n: int, dtype) -> np.ndarray:
-        ones = self.ones
-        if ones.shape[0] != n or ones.dtype != dtype:
-            ones = self.ones = np.ones(n, dtype)
-        return ones
-
-    def _row_buf(self, n: int, dtype) -> np.ndarray:
-        buf = self.row_sums
-        if buf.shape[0] != n or buf.dtype != dtype:
-            buf = self.row_sums = np.empty(n, dtype)
-        return buf
+    def _vector(self, name: str, n: int, dtype, make=np.empty) -> np.ndarray:
+        """The vector kept as attribute `name`, remade when the batch size or dtype changes."""
+        v = getattr(self, name)
+        if v.shape[0] != n or v.dtype != dtype:
+            v = make(n, dtype)
+            setattr(self, name, v)
+        return v
 
     def backward(self, out):
         if self.fused:

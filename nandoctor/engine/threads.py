@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 
 SMALL_STEP_FLOPS = 50e6
+BLAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what BLAS multiplies; float16 has numpy's own loops
 
 
 def step_flops(fan: list[tuple[int, int]], batch: int) -> float:
