@@ -26,6 +26,17 @@ def lean_view(values: tuple) -> tuple:
     return (None, None, *values[2:])
 
 
+def recording(tmp_path, raw: dict) -> tuple[Trainer, Monitor, list]:
+    """A trainer and its started monitor whose statistic rows land in the returned list."""
+    cfg, data = prepare(from_mapping(raw), None)
+    trainer = Trainer(cfg, data)
+    monitor = Monitor(tmp_path, cfg)
+    monitor.start(trainer)
+    rows: list = []
+    monitor.writer.stat_rows = rows.extend
+    return trainer, monitor, rows
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_without_moments_every_other_column_is_unchanged(dtype):
     rng = np.random.default_rng(21)
@@ -66,12 +77,7 @@ def test_every_step_rows_are_tensor_stats_of_the_engine_buffers(tmp_path, optimi
                                 {"units": 3, "activation": "softmax"}]},
            "loss": "cross_entropy", "optimizer": optimizer, "training": {"epochs": 1, "batch_size": 16},
            "monitor": {"every": 1}}
-    cfg, data = prepare(from_mapping(raw), None)
-    trainer = Trainer(cfg, data)
-    monitor = Monitor(tmp_path, cfg)
-    monitor.start(trainer)
-    rows = []
-    monitor.writer.stat_rows = rows.extend
+    trainer, monitor, rows = recording(tmp_path, raw)
     for k in (1, 2):
         rows.clear()
         trainer.train_step(trainer.X[16 * (k - 1):16 * k], trainer.Y[16 * (k - 1):16 * k], 0.05)
@@ -108,12 +114,7 @@ def test_every_other_stride_keeps_every_column(tmp_path):
     raw = {"seed": 0, "data": {"generator": "moons", "n_samples": 64},
            "model": {"layers": [{"units": 4, "activation": "relu"}, {"units": 2, "activation": "softmax"}]},
            "training": {"epochs": 1, "batch_size": 16}, "monitor": {"every": 2}}
-    cfg, data = prepare(from_mapping(raw), None)
-    trainer = Trainer(cfg, data)
-    monitor = Monitor(tmp_path, cfg)
-    monitor.start(trainer)
-    rows = []
-    monitor.writer.stat_rows = rows.extend
+    trainer, monitor, rows = recording(tmp_path, raw)
     trainer.train_step(trainer.X[:16], trainer.Y[:16], 0.1)
     monitor.record_layers(trainer, 2)
     for r in rows:
