@@ -144,7 +144,7 @@ class Monitor:
         `every: 1` weights, biases, gradients and updates get no mean and std (`moments`): nothing
         reads them, and the sum behind them is one more pass over every parameter on every step."""
         model, scale = trainer.model, trainer.update_scale
-        m = self.stride != 1  # the parameters' and gradients' mean and std
+        moments = self.stride != 1  # the parameters' and gradients' mean and std
         upd = None if scale else trainer.update
         keys, specs, derived = [], [], []
         for layer, spans in zip(model.layers, model.slices, strict=True):
@@ -155,17 +155,18 @@ class Monitor:
             if layer.batch_norm:
                 tensors.append(("normalized", s.z, True, False, None, True))
             tensors += [("activation", s.a, True, True, act.name if act.saturating else None, True),
-                        ("weight", layer.W, False, False, None, m), ("bias", layer.b, False, False, None, m)]
+                        ("weight", layer.W, False, False, None, moments),
+                        ("bias", layer.b, False, False, None, moments)]
             if trainer.backward_ran:  # else the gradient buffers still hold the previous step
                 if scale:  # the update is scale * dW: its statistics follow from the gradient's
                     derived.append((i, len(keys) + len(tensors)))
-                tensors += [("grad_weight", layer.dW, False, True, None, m),
-                            ("grad_bias", layer.db, False, True, None, m)]
+                tensors += [("grad_weight", layer.dW, False, True, None, moments),
+                            ("grad_bias", layer.db, False, True, None, moments)]
                 dout = getattr(s, "dout", None)
                 if dout is not None and dout.shape == s.a.shape:
-                    tensors.append(("grad_output", dout, False, True, None, m))
+                    tensors.append(("grad_output", dout, False, True, None, moments))
                 if not scale:  # 2-D, so its sum is one matrix-vector product
-                    tensors.append(("update", upd[spans["W"]].reshape(layer.W.shape), False, False, None, m))
+                    tensors.append(("update", upd[spans["W"]].reshape(layer.W.shape), False, False, None, moments))
             keys += [(step, i, name) for name, *_ in tensors]
             specs += [spec for _, *spec in tensors]
         values = stats_many(specs)
