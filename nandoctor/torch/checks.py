@@ -23,6 +23,16 @@ from nandoctor.torch.stats import quiet
 _BLAS_DTYPES = (torch.float32, torch.float64)
 
 
+def _numpy_sqnorm(grads: list[torch.Tensor]) -> float:
+    """Sum of squares of CPU float32/64 gradients, a BLAS dot each through NumPy views."""
+    s2 = 0.0
+    with quiet():
+        for g in grads:
+            a = g.numpy().reshape(-1)
+            s2 += float(np.dot(a, a))
+    return s2
+
+
 class GradCheck:
     """params: the trainable parameters; layers: the model's layers (the probe is a bias of theirs);
     every: the global norm at every step (grad_norm="every")."""
@@ -40,12 +50,7 @@ class GradCheck:
         if not grads:
             return math.nan, True
         if all(g.device.type == "cpu" and g.dtype in _BLAS_DTYPES and g.layout == torch.strided for g in grads):
-            s2 = 0.0
-            with quiet():
-                for g in grads:
-                    a = g.numpy().reshape(-1)
-                    s2 += float(np.dot(a, a))
-            total = math.sqrt(s2)
+            total = math.sqrt(_numpy_sqnorm(grads))
         else:
             grads = [g for g in grads if g.layout == torch.strided]
             try:
@@ -66,11 +71,7 @@ class GradCheck:
         if not grads:
             return None, True
         if grads[0].device.type == "cpu" and all(g.dtype in _BLAS_DTYPES for g in grads):
-            # a few tiny CPU tensors: NumPy views beat torch's per-op dispatch
-            s = 0.0
-            for g in grads:
-                a = g.numpy().reshape(-1)
-                s += float(np.dot(a, a))
+            s = _numpy_sqnorm(grads)  # a few tiny CPU tensors: NumPy views beat torch's per-op dispatch
         else:
             try:
                 norms = torch._foreach_norm([g for g in grads if g.layout == torch.strided])
